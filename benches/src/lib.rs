@@ -1,0 +1,1 @@
+//! Benchmarks live in `micro/` (criterion) and the load harness (later).

@@ -1,0 +1,400 @@
+//! Turns the raw schema into runtime types, collecting every error with
+//! its key path instead of stopping at the first.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawUpstream};
+use super::{
+    Config, ConfigError, DriverChoice, Limits, LogConfig, MockConfig, Provider, Secret,
+    ServerConfig, UpstreamConfig, duration,
+};
+use crate::route::{ModelSpec, RouteTable, Target};
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, v: &Option<String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match duration::parse(s) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.push(key, "must be greater than zero");
+                    default
+                }
+                Err(e) => {
+                    self.push(key, e);
+                    default
+                }
+            },
+        }
+    }
+
+    fn addr(&mut self, key: &str, v: &str) -> Option<SocketAddr> {
+        match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    key,
+                    format!("`{v}` is not an IP:port address (e.g. \"127.0.0.1:8080\")"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Compiles a parsed file; `path` only resolves relative file names.
+pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let mut errs = Errors(Vec::new());
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+
+    let s = &raw.server;
+    let listen = errs
+        .addr("server.listen", s.listen.as_deref().unwrap_or("127.0.0.1:8080"))
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let admin_listen = s
+        .admin_listen
+        .as_deref()
+        .and_then(|a| errs.addr("server.admin_listen", a));
+    let workers = match s.workers.unwrap_or(0) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n if n > 1024 => {
+            errs.push("server.workers", "at most 1024 workers");
+            1
+        }
+        n => n,
+    };
+    let driver = match s.driver.as_deref().unwrap_or("auto") {
+        "auto" => DriverChoice::Auto,
+        "io_uring" => DriverChoice::IoUring,
+        "legacy" => DriverChoice::Legacy,
+        other => {
+            errs.push(
+                "server.driver",
+                format!("unknown driver `{other}`; use auto, io_uring or legacy"),
+            );
+            DriverChoice::Auto
+        }
+    };
+    let d = Limits::default();
+    let limits = Limits {
+        max_header_bytes: positive(
+            &mut errs,
+            "server.max_header_bytes",
+            s.max_header_bytes,
+            d.max_header_bytes,
+        ),
+        max_body_bytes: positive(
+            &mut errs,
+            "server.max_body_bytes",
+            s.max_body_bytes,
+            d.max_body_bytes,
+        ),
+        header_timeout: errs.duration("server.header_timeout", &s.header_timeout, d.header_timeout),
+        body_timeout: errs.duration("server.body_timeout", &s.body_timeout, d.body_timeout),
+        idle_timeout: errs.duration("server.idle_timeout", &s.idle_timeout, d.idle_timeout),
+    };
+    let server = ServerConfig {
+        listen,
+        admin_listen,
+        workers,
+        driver,
+        pin_cpus: s.pin_cpus.unwrap_or(false),
+        limits,
+        shutdown_grace: errs.duration(
+            "server.shutdown_grace",
+            &s.shutdown_grace,
+            Duration::from_secs(30),
+        ),
+        expose_route_headers: s.expose_route_headers.unwrap_or(true),
+    };
+
+    let log = LogConfig {
+        level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
+        json: match raw.log.format.as_deref().unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => {
+                errs.push("log.format", format!("unknown format `{other}`; use text or json"));
+                false
+            }
+        },
+        access: raw.log.access.unwrap_or(true),
+    };
+
+    let mut by_name: HashMap<&str, u32> = HashMap::new();
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    for (i, u) in raw.upstreams.iter().enumerate() {
+        let key = format!("upstreams[{i}]");
+        if by_name.insert(u.name.as_str(), i as u32).is_some() {
+            errs.push(format!("{key}.name"), format!("duplicate upstream `{}`", u.name));
+        }
+        if let Some(up) = upstream(&mut errs, &key, u, base_dir) {
+            upstreams.push(Arc::new(up));
+        }
+    }
+
+    let mut specs = Vec::with_capacity(raw.models.len());
+    for (i, m) in raw.models.iter().enumerate() {
+        let key = format!("models[{i}]");
+        if m.name.trim().is_empty() {
+            errs.push(format!("{key}.name"), "must not be empty");
+        }
+        if m.targets.is_empty() {
+            errs.push(format!("{key}.targets"), "needs at least one target");
+        }
+        let mut targets = Vec::with_capacity(m.targets.len());
+        for (j, t) in m.targets.iter().enumerate() {
+            let tkey = format!("{key}.targets[{j}]");
+            let Some(&up) = by_name.get(t.upstream.as_str()) else {
+                let known: Vec<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
+                errs.push(
+                    format!("{tkey}.upstream"),
+                    format!(
+                        "unknown upstream `{}`; defined upstreams: [{}]",
+                        t.upstream,
+                        known.join(", ")
+                    ),
+                );
+                continue;
+            };
+            let weight = t.weight.unwrap_or(1);
+            if weight == 0 || weight > 1_000_000 {
+                errs.push(format!("{tkey}.weight"), "must be between 1 and 1000000");
+            }
+            if t.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+                errs.push(format!("{tkey}.model"), "must not be empty");
+            }
+            targets.push(Target {
+                upstream: up,
+                model: t.model.as_deref().map(Arc::from),
+                weight: weight.clamp(1, 1_000_000),
+            });
+        }
+        specs.push(ModelSpec {
+            name: m.name.clone(),
+            aliases: m.aliases.clone(),
+            targets,
+            hidden: m.hidden.unwrap_or(false),
+        });
+    }
+    let routes = match RouteTable::build(specs) {
+        Ok(t) => t,
+        Err(list) => {
+            for (key, reason) in list {
+                errs.push(key, reason);
+            }
+            RouteTable::default()
+        }
+    };
+
+    let mock = raw.mock.as_ref().and_then(|m| {
+        Some(MockConfig {
+            listen: errs.addr("mock.listen", &m.listen)?,
+            seed: m.seed.unwrap_or(0),
+        })
+    });
+    if let Some(m) = &mock {
+        if m.listen == server.listen {
+            errs.push("mock.listen", "must differ from server.listen");
+        }
+    }
+
+    if errs.0.is_empty() {
+        Ok(Config {
+            source: path.to_path_buf(),
+            server,
+            log,
+            upstreams,
+            routes,
+            mock,
+        })
+    } else {
+        Err(errs.0)
+    }
+}
+
+fn positive(errs: &mut Errors, key: &str, v: Option<usize>, default: usize) -> usize {
+    match v {
+        Some(0) => {
+            errs.push(key, "must be greater than zero");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    }
+}
+
+fn upstream(errs: &mut Errors, key: &str, u: &RawUpstream, base_dir: &Path) -> Option<UpstreamConfig> {
+    let provider = match u.provider.as_deref().unwrap_or("openai-compatible") {
+        "openai" => Provider::OpenAi,
+        "openai-compatible" => Provider::OpenAiCompatible,
+        other => {
+            errs.push(
+                format!("{key}.provider"),
+                format!("unknown provider `{other}`; use openai or openai-compatible"),
+            );
+            Provider::OpenAiCompatible
+        }
+    };
+    let api_key = match &u.api_key_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+            _ => {
+                errs.push(
+                    format!("{key}.api_key_env"),
+                    format!("environment variable `{var}` is not set or empty"),
+                );
+                None
+            }
+        },
+    };
+    let ca_file = u.ca_file.as_ref().map(|f| base_dir.join(f));
+    if let Some(f) = &ca_file {
+        if !f.is_file() {
+            errs.push(format!("{key}.ca_file"), format!("`{}` is not a readable file", f.display()));
+        }
+    }
+    let connect_timeout =
+        errs.duration(&format!("{key}.connect_timeout"), &u.connect_timeout, Duration::from_secs(5));
+    let response_timeout = errs.duration(
+        &format!("{key}.response_timeout"),
+        &u.response_timeout,
+        Duration::from_secs(300),
+    );
+    let read_timeout =
+        errs.duration(&format!("{key}.read_timeout"), &u.read_timeout, Duration::from_secs(300));
+    let idle_timeout =
+        errs.duration(&format!("{key}.idle_timeout"), &u.idle_timeout, Duration::from_secs(60));
+    let url = match parse_url(&u.base_url) {
+        Ok(url) => url,
+        Err(reason) => {
+            errs.push(format!("{key}.base_url"), reason);
+            return None;
+        }
+    };
+    Some(UpstreamConfig {
+        name: Arc::from(u.name.as_str()),
+        provider,
+        tls: url.tls,
+        host_header: url.host_header,
+        host: url.host,
+        port: url.port,
+        base_path: url.path,
+        api_key,
+        ca_file,
+        connect_timeout,
+        response_timeout,
+        read_timeout,
+        max_idle: u.max_idle.unwrap_or(64),
+        idle_timeout,
+    })
+}
+
+struct Url {
+    tls: bool,
+    host: String,
+    port: u16,
+    host_header: String,
+    path: String,
+}
+
+/// Parses `http(s)://host[:port][/path]`; no userinfo, query or fragment.
+fn parse_url(s: &str) -> Result<Url, String> {
+    let bad = |why: &str| format!("`{s}` is not a valid base URL: {why}");
+    let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = s.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(bad("must start with http:// or https://"));
+    };
+    if rest.contains(['?', '#', '@']) {
+        return Err(bad("query, fragment and user info are not allowed"));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (host, port) = if let Some(r) = authority.strip_prefix('[') {
+        let end = r.find(']').ok_or_else(|| bad("unclosed IPv6 bracket"))?;
+        let host = &r[..end];
+        let after = &r[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(bad("junk after IPv6 address")),
+        };
+        (host, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+    {
+        return Err(bad("missing or invalid host"));
+    }
+    let port = match port {
+        Some(p) => p.parse::<u16>().map_err(|_| bad("invalid port"))?,
+        None if tls => 443,
+        None => 80,
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let host_header = if port == default_port {
+        authority.split(':').next().unwrap_or(authority).to_string()
+    } else {
+        authority.to_string()
+    };
+    let host_header = if host.contains(':') {
+        // IPv6: keep brackets as written.
+        authority.to_string()
+    } else {
+        host_header
+    };
+    Ok(Url {
+        tls,
+        host: host.to_string(),
+        port,
+        host_header,
+        path: path.trim_end_matches('/').to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("https://api.openai.com/v1/").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("api.openai.com", 443, "/v1"));
+        assert_eq!(u.host_header, "api.openai.com");
+        let u = parse_url("http://127.0.0.1:9001/v1").unwrap();
+        assert_eq!((u.port, u.host_header.as_str()), (9001, "127.0.0.1:9001"));
+        let u = parse_url("http://[::1]:9001").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 9001, ""));
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("http://").is_err());
+        assert!(parse_url("http://h:99999").is_err());
+        assert!(parse_url("http://h/v1?x=1").is_err());
+    }
+}

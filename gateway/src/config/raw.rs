@@ -1,0 +1,130 @@
+//! The TOML schema exactly as written by users. Every struct denies unknown
+//! fields so a typo is an error, not a silently ignored setting; values are
+//! checked and turned into runtime types in `compile`.
+
+use serde::Deserialize;
+
+/// A whole config file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listener, workers, limits and timeouts.
+    #[serde(default)]
+    pub server: RawServer,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+    /// Providers the gateway forwards to.
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    /// Models clients may ask for, and where each goes.
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+    /// Optional in-process mock provider (quickstart, tests).
+    pub mock: Option<RawMock>,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Client listener address. Default `127.0.0.1:8080`.
+    pub listen: Option<String>,
+    /// Admin listener (health, status). Default: none.
+    pub admin_listen: Option<String>,
+    /// Worker threads; 0 = one per core. Default 0.
+    pub workers: Option<usize>,
+    /// `auto` (io_uring, else legacy epoll), `io_uring` or `legacy`. Default `auto`.
+    pub driver: Option<String>,
+    /// Pin worker N to CPU N (mod core count). Default false.
+    pub pin_cpus: Option<bool>,
+    /// Largest request head in bytes (431 above). Default 16384.
+    pub max_header_bytes: Option<usize>,
+    /// Largest request body in bytes (413 above). Default 8 MiB.
+    pub max_body_bytes: Option<usize>,
+    /// Time allowed to receive a request head. Default "10s".
+    pub header_timeout: Option<String>,
+    /// Time allowed to receive a request body. Default "30s".
+    pub body_timeout: Option<String>,
+    /// Keep-alive idle time before the server closes. Default "60s".
+    pub idle_timeout: Option<String>,
+    /// How long in-flight requests may run after SIGTERM. Default "30s".
+    pub shutdown_grace: Option<String>,
+    /// Add `x-tollgate-upstream` / `x-tollgate-model` to responses. Default true.
+    pub expose_route_headers: Option<bool>,
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `error` .. `trace`, or an env-filter directive. Default `info`.
+    pub level: Option<String>,
+    /// `text` or `json`. Default `text`.
+    pub format: Option<String>,
+    /// One access line per request. Default true.
+    pub access: Option<bool>,
+}
+
+/// `[[upstreams]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Name targets refer to.
+    pub name: String,
+    /// `openai` or `openai-compatible`. Default `openai-compatible`.
+    pub provider: Option<String>,
+    /// `http://` or `https://` URL including the API prefix, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Env var holding the upstream API key (sent as `Authorization: Bearer`).
+    pub api_key_env: Option<String>,
+    /// PEM file with extra CA certificates trusted for this upstream.
+    pub ca_file: Option<String>,
+    /// TCP (+TLS) connect timeout. Default "5s".
+    pub connect_timeout: Option<String>,
+    /// Time from request sent to response head. Default "300s".
+    pub response_timeout: Option<String>,
+    /// Longest gap between two body reads. Default "300s".
+    pub read_timeout: Option<String>,
+    /// Idle pooled connections kept per worker. Default 64.
+    pub max_idle: Option<usize>,
+    /// Pooled connection lifetime when idle. Default "60s".
+    pub idle_timeout: Option<String>,
+}
+
+/// `[[models]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// Exact model name, or a glob with `*` / `?`.
+    pub name: String,
+    /// Other names that route here.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Where requests go, chosen by weight.
+    pub targets: Vec<RawTarget>,
+    /// Hide this model from `GET /v1/models`. Default false.
+    pub hidden: Option<bool>,
+}
+
+/// One entry of `targets`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// Name of an `[[upstreams]]` entry.
+    pub upstream: String,
+    /// Model name sent upstream; absent = the name the client sent.
+    pub model: Option<String>,
+    /// Relative share of traffic. Default 1.
+    pub weight: Option<u32>,
+}
+
+/// `[mock]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMock {
+    /// Address the embedded mock listens on.
+    pub listen: String,
+    /// Seed of the generated text. Default 0.
+    pub seed: Option<u64>,
+}

@@ -1,0 +1,293 @@
+//! Incremental decoder for HTTP/1.1 chunked transfer coding (RFC 9112 §7.1).
+//!
+//! It is fed whatever a read returned, split anywhere, and hands out the
+//! payload slices it finds without copying. The same decoder finds the end
+//! of a chunked upstream response that is forwarded as-is and decodes
+//! chunked request bodies.
+//!
+//! Strictness: chunk lines must end in CRLF, sizes are hex without sign,
+//! at most 16 digits; extensions and trailers are skipped but bounded, so a
+//! peer cannot make the decoder buffer or spin without limit.
+
+/// Longest chunk-extension or trailer section accepted.
+const MAX_META: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading hex digits of a chunk size.
+    Size { digits: u8 },
+    /// After the size: optional whitespace, then `;ext` or CR.
+    SizeTail,
+    /// Inside a chunk extension, until CR.
+    Ext,
+    /// Expecting the LF of a size line.
+    SizeLf,
+    /// Inside chunk data; `remaining` bytes left.
+    Data,
+    /// Expecting CR after data.
+    DataCr,
+    /// Expecting LF after data.
+    DataLf,
+    /// At the start of a trailer line (or the final CRLF).
+    TrailerStart,
+    /// Inside a trailer field line.
+    Trailer,
+    /// Expecting LF ending a trailer line.
+    TrailerLf,
+    /// Expecting the LF of the final empty line.
+    EndLf,
+    /// The message body is complete.
+    Done,
+}
+
+/// Malformed chunked framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkError(pub &'static str);
+
+impl std::fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid chunked encoding: {}", self.0)
+    }
+}
+
+/// The decoder.
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: State,
+    size: u64,
+    remaining: u64,
+    meta: usize,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedDecoder {
+    /// A decoder at the start of a body.
+    pub fn new() -> Self {
+        ChunkedDecoder {
+            state: State::Size { digits: 0 },
+            size: 0,
+            remaining: 0,
+            meta: 0,
+        }
+    }
+
+    /// True once the last chunk and trailers have been read.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Feeds `input`, calling `on_data` with each payload slice. Returns
+    /// how many bytes belong to this body: all of `input` unless the body
+    /// ended inside it (the rest is the next message).
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkError> {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                State::Done => return Ok(i),
+                State::Data => {
+                    let avail = (input.len() - i) as u64;
+                    let take = avail.min(self.remaining) as usize;
+                    on_data(&input[i..i + take]);
+                    i += take;
+                    self.remaining -= take as u64;
+                    if self.remaining == 0 {
+                        self.state = State::DataCr;
+                    }
+                    continue;
+                }
+                State::Size { digits } => {
+                    let v = match b {
+                        b'0'..=b'9' => b - b'0',
+                        b'a'..=b'f' => b - b'a' + 10,
+                        b'A'..=b'F' => b - b'A' + 10,
+                        _ if digits == 0 => return Err(ChunkError("missing chunk size")),
+                        _ => {
+                            self.state = State::SizeTail;
+                            continue;
+                        }
+                    };
+                    if digits == 16 {
+                        return Err(ChunkError("chunk size too large"));
+                    }
+                    self.size = (self.size << 4) | u64::from(v);
+                    self.state = State::Size { digits: digits + 1 };
+                }
+                State::SizeTail => match b {
+                    b' ' | b'\t' => {}
+                    b';' => {
+                        self.meta = 0;
+                        self.state = State::Ext;
+                    }
+                    b'\r' => self.state = State::SizeLf,
+                    _ => return Err(ChunkError("invalid byte after chunk size")),
+                },
+                State::Ext => {
+                    if b == b'\r' {
+                        self.state = State::SizeLf;
+                    } else {
+                        self.meta += 1;
+                        if self.meta > MAX_META {
+                            return Err(ChunkError("chunk extension too long"));
+                        }
+                    }
+                }
+                State::SizeLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("expected LF after chunk size"));
+                    }
+                    if self.size == 0 {
+                        self.meta = 0;
+                        self.state = State::TrailerStart;
+                    } else {
+                        self.remaining = self.size;
+                        self.state = State::Data;
+                    }
+                    self.size = 0;
+                }
+                State::DataCr => {
+                    if b != b'\r' {
+                        return Err(ChunkError("expected CR after chunk data"));
+                    }
+                    self.state = State::DataLf;
+                }
+                State::DataLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("expected LF after chunk data"));
+                    }
+                    self.state = State::Size { digits: 0 };
+                }
+                State::TrailerStart => {
+                    if b == b'\r' {
+                        self.state = State::EndLf;
+                    } else {
+                        self.state = State::Trailer;
+                        continue;
+                    }
+                }
+                State::Trailer => {
+                    self.meta += 1;
+                    if self.meta > MAX_META {
+                        return Err(ChunkError("trailers too long"));
+                    }
+                    if b == b'\r' {
+                        self.state = State::TrailerLf;
+                    }
+                }
+                State::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("expected LF after trailer"));
+                    }
+                    self.state = State::TrailerStart;
+                }
+                State::EndLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("expected LF at end of body"));
+                    }
+                    self.state = State::Done;
+                    return Ok(i + 1);
+                }
+            }
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+/// Appends `data` as one chunk (no-op for empty data, which would end
+/// the body).
+pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last-chunk marker with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(parts: &[&[u8]]) -> Result<(Vec<u8>, usize, bool), ChunkError> {
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        let mut used = 0;
+        for p in parts {
+            used += d.feed(p, |s| out.extend_from_slice(s))?;
+        }
+        Ok((out, used, d.is_done()))
+    }
+
+    #[test]
+    fn basic_with_ext_and_trailers() {
+        let body = b"5;name=v\r\nhello\r\n6 \r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let (out, used, done) = decode_all(&[body]).unwrap();
+        assert_eq!(out, b"hello world");
+        assert!(done);
+        assert_eq!(&body[used..], b"NEXT");
+    }
+
+    #[test]
+    fn rejects_bad_framing() {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\r\nhelloXX",
+            b"5\nhello\r\n",
+            b"11111111111111111\r\n",
+            b"-1\r\n",
+        ] {
+            assert!(decode_all(&[bad]).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_decodes_the_same(
+            payload in prop::collection::vec(any::<u8>(), 0..2000),
+            sizes in prop::collection::vec(1usize..300, 1..20),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..30),
+        ) {
+            let mut wire = Vec::new();
+            let mut rest = &payload[..];
+            let mut k = 0;
+            while !rest.is_empty() {
+                let n = sizes[k % sizes.len()].min(rest.len());
+                encode_chunk(&mut wire, &rest[..n]);
+                rest = &rest[n..];
+                k += 1;
+            }
+            wire.extend_from_slice(LAST_CHUNK);
+            let body_len = wire.len();
+            wire.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(wire.len() + 1)).collect();
+            points.push(0);
+            points.push(wire.len());
+            points.sort_unstable();
+            let parts: Vec<&[u8]> = points.windows(2).map(|w| &wire[w[0]..w[1]]).collect();
+            let mut d = ChunkedDecoder::new();
+            let mut out = Vec::new();
+            let mut used = 0;
+            for p in &parts {
+                if d.is_done() { break; }
+                used += d.feed(p, |s| out.extend_from_slice(s)).unwrap();
+            }
+            prop_assert!(d.is_done());
+            prop_assert_eq!(used, body_len);
+            prop_assert_eq!(out, payload);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! tollgate: an LLM API gateway for Linux edge nodes.
+//!
+//! Thread-per-core (monoio, io_uring), routing by the `model` in the JSON
+//! body, OpenAI-compatible errors, and a built-in mock provider. See
+//! `ARCHITECTURE.md` at the repository root for the data path.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod mock;
+pub mod route;
+pub mod server;
+mod sys;
+pub mod telemetry;
+pub mod tokens;
+pub mod upstream;
+
+pub use sys::pin_to_cpu;

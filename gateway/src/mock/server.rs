@@ -1,0 +1,293 @@
+//! The mock's connection loop: HTTP/1.1 keep-alive, Content-Length and
+//! chunked request bodies, faults applied at write time.
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use serde_json::Value;
+
+use super::openai::{self, Answer, Api, Ask};
+use super::{Faults, MockOptions, Stats};
+use crate::error::{Error, Kind};
+use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, encode_chunk};
+use crate::http::response::{Local, full, header, status_line};
+use crate::http::{BodyFraming, RequestHead, request};
+
+/// Largest request the mock reads.
+const MAX_REQUEST: usize = 64 * 1024 * 1024;
+
+pub async fn accept_loop(listener: TcpListener, opts: Arc<MockOptions>, stats: Arc<Stats>) {
+    let counter = Rc::new(AtomicU64::new(0));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let (opts, stats, counter) = (opts.clone(), stats.clone(), counter.clone());
+        monoio::spawn(async move {
+            serve(stream, &opts, &stats, &counter).await;
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn read_more(s: &mut TcpStream, mut buf: Vec<u8>) -> (usize, Vec<u8>) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    let len = buf.len();
+    let cap = buf.capacity();
+    let (res, slice) = s.read(buf.slice_mut(len..cap)).await;
+    (res.unwrap_or(0), slice.into_inner())
+}
+
+async fn serve(mut s: TcpStream, opts: &MockOptions, stats: &Stats, counter: &AtomicU64) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        // Head.
+        let head = loop {
+            match request::parse(&buf) {
+                Ok(Some(h)) => break h,
+                Ok(None) if buf.len() < 64 * 1024 => {}
+                _ => return,
+            }
+            let (n, b) = read_more(&mut s, buf).await;
+            buf = b;
+            if n == 0 {
+                return;
+            }
+        };
+        // Body.
+        let (body, used) = match head.body {
+            BodyFraming::None => (Vec::new(), head.len),
+            BodyFraming::Length(n) => {
+                let end = head.len + n as usize;
+                if end > MAX_REQUEST {
+                    return;
+                }
+                while buf.len() < end {
+                    let (n, b) = read_more(&mut s, buf).await;
+                    buf = b;
+                    if n == 0 {
+                        return;
+                    }
+                }
+                (buf[head.len..end].to_vec(), end)
+            }
+            BodyFraming::Chunked => {
+                let mut dec = ChunkedDecoder::new();
+                let mut data = Vec::new();
+                let mut pos = head.len;
+                loop {
+                    let Ok(u) = dec.feed(&buf[pos..], |d| data.extend_from_slice(d)) else {
+                        return;
+                    };
+                    pos += u;
+                    if dec.is_done() {
+                        break (data, pos);
+                    }
+                    let (n, b) = read_more(&mut s, buf).await;
+                    buf = b;
+                    if n == 0 || buf.len() > MAX_REQUEST {
+                        return;
+                    }
+                }
+            }
+        };
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let faults = opts.faults.with_headers(&buf, &head);
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        let segments = respond(opts, stats, &buf, &head, &body, &faults, n);
+        let keep_alive = head.keep_alive;
+        buf.drain(..used);
+        if faults.stall {
+            // Hold the connection without answering until the peer leaves.
+            loop {
+                let (n, b) = read_more(&mut s, buf).await;
+                buf = b;
+                if n == 0 {
+                    return;
+                }
+            }
+        }
+        if !faults.delay.is_zero() {
+            monoio::time::sleep(faults.delay).await;
+        }
+        if !write_segments(&mut s, segments, &faults).await || !keep_alive {
+            return;
+        }
+    }
+}
+
+/// Writes the response pieces applying split, chunk delay and reset.
+/// Returns false when the connection is finished.
+async fn write_segments(s: &mut TcpStream, segments: Vec<Vec<u8>>, f: &Faults) -> bool {
+    let segments = if f.chunk_delay.is_zero() && f.split.is_none() {
+        vec![segments.concat()]
+    } else {
+        segments
+    };
+    let mut written = 0usize;
+    for (i, seg) in segments.into_iter().enumerate() {
+        if i > 0 && !f.chunk_delay.is_zero() {
+            monoio::time::sleep(f.chunk_delay).await;
+        }
+        let step = f.split.unwrap_or(seg.len()).max(1);
+        let mut off = 0;
+        while off < seg.len() {
+            let mut end = (off + step).min(seg.len());
+            let mut reset = false;
+            if let Some(limit) = f.reset_after {
+                if written + (end - off) >= limit {
+                    end = off + limit.saturating_sub(written);
+                    reset = true;
+                }
+            }
+            if end > off {
+                let (res, _) = s.write_all(seg[off..end].to_vec()).await;
+                if res.is_err() {
+                    return false;
+                }
+                written += end - off;
+            }
+            if reset {
+                let _ = crate::sys::reset_on_close(s.as_raw_fd());
+                return false;
+            }
+            off = end;
+        }
+    }
+    true
+}
+
+fn respond(
+    opts: &MockOptions,
+    stats: &Stats,
+    buf: &[u8],
+    head: &RequestHead,
+    body: &[u8],
+    f: &Faults,
+    n: u64,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(1024);
+    let rid = head
+        .request_id
+        .clone()
+        .map_or(&b"mock"[..], |r| &buf[r]);
+    let local = Local {
+        request_id: rid,
+        close: !head.keep_alive,
+        head_only: false,
+    };
+    let path = head.path(buf);
+    let api = match path {
+        b"/v1/chat/completions" => Some(Api::Chat),
+        b"/v1/completions" => Some(Api::Completions),
+        b"/v1/embeddings" => Some(Api::Embeddings),
+        b"/v1/models" => {
+            full(&mut out, 200, &[], b"application/json", openai::models().as_bytes(), local);
+            return vec![out];
+        }
+        b"/mock/stats" => {
+            full(&mut out, 200, &[], b"application/json", stats.json().as_bytes(), local);
+            return vec![out];
+        }
+        _ => None,
+    };
+    let fail = |out: &mut Vec<u8>, status: u16, code: &str, msg: &str, extra: &[(&[u8], &[u8])]| {
+        let body = serde_json::json!({"error": {"message": msg, "type": code, "param": null, "code": code}});
+        full(out, status, extra, b"application/json", body.to_string().as_bytes(), local);
+    };
+    let Some(api) = api else {
+        fail(&mut out, 404, "not_found", "mock: unknown endpoint", &[]);
+        return vec![out];
+    };
+    if let Some(key) = &opts.api_key {
+        let sent = head
+            .headers
+            .iter()
+            .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(b"authorization"))
+            .map(|(_, v)| &buf[v.clone()]);
+        let want = format!("Bearer {key}");
+        if sent != Some(want.as_bytes()) {
+            fail(&mut out, 401, "invalid_api_key", "mock: incorrect API key provided", &[]);
+            return vec![out];
+        }
+    }
+    if let Some(status) = f.status.filter(|s| *s >= 400) {
+        let (code, extra): (&str, &[(&[u8], &[u8])]) = match status {
+            429 => ("rate_limit_exceeded", &[(b"retry-after", b"1")]),
+            529 => ("overloaded_error", &[]),
+            400..=499 => ("invalid_request_error", &[]),
+            _ => ("server_error", &[]),
+        };
+        fail(&mut out, status, code, &format!("mock: injected status {status}"), extra);
+        return vec![out];
+    }
+    let parsed: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            let err = Error::msg(Kind::InvalidJson, format!("mock: invalid JSON body: {e}"));
+            full(&mut out, 400, &[], b"application/json", err.to_json().as_bytes(), local);
+            return vec![out];
+        }
+    };
+    let echo = f.echo.then(|| {
+        let mut m = serde_json::Map::new();
+        for (n, v) in &head.headers {
+            m.insert(
+                String::from_utf8_lossy(&buf[n.clone()]).to_ascii_lowercase(),
+                Value::String(String::from_utf8_lossy(&buf[v.clone()]).into_owned()),
+            );
+        }
+        Value::Object(m)
+    });
+    let ask = Ask {
+        api,
+        body: parsed,
+        default_max_tokens: opts.default_max_tokens,
+        seed: opts.seed,
+        omit_usage: f.omit_usage,
+        n,
+        echo,
+    };
+    match openai::answer(&ask) {
+        Answer::Json(j) => {
+            full(&mut out, 200, &[], b"application/json", j.as_bytes(), local);
+            vec![out]
+        }
+        Answer::Events(events) => {
+            status_line(&mut out, 200);
+            header(&mut out, b"content-type", b"text/event-stream; charset=utf-8");
+            header(&mut out, b"cache-control", b"no-cache");
+            header(&mut out, b"transfer-encoding", b"chunked");
+            header(&mut out, b"x-request-id", rid);
+            if !head.keep_alive {
+                out.extend_from_slice(b"connection: close\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            let mut segs = Vec::with_capacity(events.len() + 2);
+            segs.push(out);
+            for e in events {
+                let mut payload = Vec::with_capacity(e.len() + 8);
+                payload.extend_from_slice(b"data: ");
+                payload.extend_from_slice(e.as_bytes());
+                payload.extend_from_slice(b"\n\n");
+                let mut chunk = Vec::with_capacity(payload.len() + 12);
+                encode_chunk(&mut chunk, &payload);
+                segs.push(chunk);
+            }
+            segs.push(LAST_CHUNK.to_vec());
+            segs
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The routing table: model name -> route (targets with weights).
+//!
+//! Lookup order, documented for users:
+//! 1. exact names and aliases (one hash lookup);
+//! 2. globs, most specific first: more literal characters wins, then the
+//!    longer pattern, then config order. So `gpt-4o-mini*` beats `gpt-4o*`
+//!    which beats `gpt-*` which beats `*`.
+//!
+//! The table is immutable and shared by all workers; per-worker balancing
+//! state lives in [`super::wrr::Picker`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::glob::Glob;
+
+/// Index of an upstream in `Config::upstreams`.
+pub type UpstreamId = u32;
+/// Index of a route in the table.
+pub type RouteId = u32;
+
+/// Where a request for a model may go.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The upstream.
+    pub upstream: UpstreamId,
+    /// Model name sent upstream; `None` keeps the client's.
+    pub model: Option<Arc<str>>,
+    /// Relative share of traffic (>= 1).
+    pub weight: u32,
+}
+
+/// A model as configured, before compilation into the table.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// Exact name or glob.
+    pub name: String,
+    /// Other exact names.
+    pub aliases: Vec<String>,
+    /// Targets (at least one).
+    pub targets: Vec<Target>,
+    /// Not listed in `/v1/models`.
+    pub hidden: bool,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// The configured name (or glob pattern).
+    pub name: Arc<str>,
+    /// Aliases, for the model list.
+    pub aliases: Vec<Arc<str>>,
+    /// Targets, at least one.
+    pub targets: Vec<Target>,
+    /// Hidden from the model list.
+    pub hidden: bool,
+    /// True for glob routes.
+    pub is_glob: bool,
+}
+
+/// The table.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    exact: HashMap<Box<str>, RouteId>,
+    /// Sorted most specific first.
+    globs: Vec<(Glob, RouteId)>,
+}
+
+impl RouteTable {
+    /// Builds the table; errors are `(key path, reason)` pairs naming the
+    /// `models[i]` entry at fault.
+    pub fn build(specs: Vec<ModelSpec>) -> Result<Self, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let mut t = RouteTable::default();
+        let mut glob_owner: HashMap<String, usize> = HashMap::new();
+        for (i, spec) in specs.into_iter().enumerate() {
+            let id = i as RouteId;
+            let is_glob = Glob::is_glob(&spec.name);
+            if is_glob {
+                if let Some(prev) = glob_owner.insert(spec.name.clone(), i) {
+                    errors.push((
+                        format!("models[{i}].name"),
+                        format!("duplicate model `{}` (also models[{prev}])", spec.name),
+                    ));
+                }
+                t.globs.push((Glob::new(&spec.name), id));
+            } else {
+                t.insert_exact(&mut errors, &spec.name, i, "name");
+            }
+            for (j, alias) in spec.aliases.iter().enumerate() {
+                if Glob::is_glob(alias) {
+                    errors.push((
+                        format!("models[{i}].aliases[{j}]"),
+                        format!("alias `{alias}` must be an exact name, not a glob"),
+                    ));
+                    continue;
+                }
+                t.insert_exact(&mut errors, alias, i, &format!("aliases[{j}]"));
+            }
+            t.routes.push(Route {
+                name: Arc::from(spec.name.as_str()),
+                aliases: spec.aliases.iter().map(|a| Arc::from(a.as_str())).collect(),
+                targets: spec.targets,
+                hidden: spec.hidden,
+                is_glob,
+            });
+        }
+        // Stable sort keeps config order among equals.
+        t.globs.sort_by(|(a, _), (b, _)| {
+            b.literals()
+                .cmp(&a.literals())
+                .then(b.pattern().len().cmp(&a.pattern().len()))
+        });
+        if errors.is_empty() { Ok(t) } else { Err(errors) }
+    }
+
+    fn insert_exact(
+        &mut self,
+        errors: &mut Vec<(String, String)>,
+        name: &str,
+        i: usize,
+        field: &str,
+    ) {
+        if let Some(&prev) = self.exact.get(name) {
+            let other = self
+                .routes
+                .get(prev as usize)
+                .map(|r| &r.name)
+                .map_or_else(|| "this model".to_string(), |n| format!("`{n}`"));
+            errors.push((
+                format!("models[{i}].{field}"),
+                format!("duplicate model name `{name}` (already routes to {other}, models[{prev}])"),
+            ));
+        } else {
+            self.exact.insert(name.into(), i as RouteId);
+        }
+    }
+
+    /// Finds the route for a requested model.
+    #[inline]
+    pub fn lookup(&self, model: &str) -> Option<RouteId> {
+        if let Some(&id) = self.exact.get(model) {
+            return Some(id);
+        }
+        self.globs
+            .iter()
+            .find(|(g, _)| g.matches(model))
+            .map(|&(_, id)| id)
+    }
+
+    /// A route by id.
+    #[inline]
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id as usize]
+    }
+
+    /// All routes, in config order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// True when no model is configured.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, aliases: &[&str]) -> ModelSpec {
+        ModelSpec {
+            name: name.into(),
+            aliases: aliases.iter().map(|s| s.to_string()).collect(),
+            targets: vec![Target {
+                upstream: 0,
+                model: None,
+                weight: 1,
+            }],
+            hidden: false,
+        }
+    }
+
+    #[test]
+    fn exact_beats_glob_and_longest_glob_wins() {
+        let t = RouteTable::build(vec![
+            spec("*", &[]),
+            spec("gpt-*", &[]),
+            spec("gpt-4o*", &[]),
+            spec("gpt-4o", &["gpt4o"]),
+            spec("gpt-4o-mini*", &[]),
+        ])
+        .unwrap();
+        let name = |m: &str| t.lookup(m).map(|id| t.route(id).name.to_string());
+        assert_eq!(name("gpt-4o").as_deref(), Some("gpt-4o"));
+        assert_eq!(name("gpt4o").as_deref(), Some("gpt-4o"));
+        assert_eq!(name("gpt-4o-2024").as_deref(), Some("gpt-4o*"));
+        assert_eq!(name("gpt-4o-mini-x").as_deref(), Some("gpt-4o-mini*"));
+        assert_eq!(name("gpt-3.5").as_deref(), Some("gpt-*"));
+        assert_eq!(name("llama").as_deref(), Some("*"));
+    }
+
+    #[test]
+    fn unknown_is_none() {
+        let t = RouteTable::build(vec![spec("a", &[])]).unwrap();
+        assert_eq!(t.lookup("b"), None);
+    }
+
+    #[test]
+    fn duplicates_are_named() {
+        let e = RouteTable::build(vec![spec("a", &["x"]), spec("x", &[]), spec("b*", &[]), spec("b*", &[])])
+            .unwrap_err();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].0, "models[1].name");
+        assert!(e[0].1.contains("`x`"), "{}", e[0].1);
+        assert_eq!(e[1].0, "models[3].name");
+    }
+}

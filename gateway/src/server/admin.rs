@@ -1,0 +1,107 @@
+//! The admin listener: `GET /healthz` and `GET /status` on a separate
+//! address (and thread) so operators can probe a node without touching
+//! the client port. Metrics and key management land here later.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use super::worker::{Driver, Shared, bind, run_on_runtime};
+use crate::config::DriverChoice;
+use crate::error::{Error, Kind};
+use crate::http::request;
+use crate::http::response::{Local, error, full};
+
+/// Starts the admin thread; returns once it listens.
+pub fn spawn(addr: SocketAddr, shared: Arc<Shared>, driver: Driver) -> std::io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
+    std::thread::Builder::new()
+        .name("tollgate-admin".into())
+        .spawn(move || {
+            let tx2 = tx.clone();
+            let ran = run_on_runtime(DriverChoice::Legacy, |_| async move {
+                let l = match bind(addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx2.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = tx2.send(Ok(()));
+                loop {
+                    if let Ok((s, _)) = l.accept().await {
+                        let shared = shared.clone();
+                        monoio::spawn(async move { serve(s, &shared, driver).await });
+                    }
+                }
+            });
+            if let Err(e) = ran {
+                let _ = tx.send(Err(e));
+            }
+        })?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("admin thread exited"))?
+}
+
+async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let head = loop {
+            match request::parse(&buf) {
+                Ok(Some(h)) => break h,
+                Ok(None) if buf.len() < 16 * 1024 => {}
+                _ => return,
+            }
+            let len = buf.len();
+            buf.reserve(4096);
+            let cap = buf.capacity();
+            let (res, slice) = s.read(buf.slice_mut(len..cap)).await;
+            buf = slice.into_inner();
+            if !matches!(res, Ok(n) if n > 0) {
+                return;
+            }
+        };
+        let mut out = Vec::new();
+        let r = Local {
+            request_id: b"admin",
+            close: !head.keep_alive,
+            head_only: false,
+        };
+        let cfg = &shared.cfg;
+        match head.path(&buf) {
+            b"/healthz" => full(&mut out, 200, &[], b"application/json", b"{\"status\":\"ok\"}", r),
+            b"/status" => {
+                let upstreams: Vec<serde_json::Value> = shared
+                    .upstreams
+                    .iter()
+                    .map(|u| {
+                        serde_json::json!({
+                            "name": u.cfg.name.as_ref(),
+                            "addresses": u.addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                            "tls": u.cfg.tls,
+                        })
+                    })
+                    .collect();
+                let body = serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "config": cfg.source.display().to_string(),
+                    "workers": cfg.server.workers,
+                    "driver": driver.name(),
+                    "uptime_s": shared.started.elapsed().as_secs(),
+                    "models": cfg.routes.len(),
+                    "upstreams": upstreams,
+                });
+                full(&mut out, 200, &[], b"application/json", body.to_string().as_bytes(), r);
+            }
+            _ => error(&mut out, &Error::new(Kind::NotFound, "admin serves /healthz and /status"), b"admin", r.close),
+        }
+        buf.drain(..head.len);
+        let (res, _) = s.write_all(out).await;
+        if res.is_err() || !head.keep_alive || head.body != request::BodyFraming::None {
+            return;
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The read side of a client connection, built so a read can stay in
+//! flight across await points.
+//!
+//! While a request is proxied, the connection's next read is already
+//! submitted. If it completes with EOF the client is gone and the upstream
+//! request is cancelled at once (even when the upstream is silent); if it
+//! is still pending when the response ends, the same read simply becomes
+//! the wait for the next keep-alive request. Disconnect detection therefore
+//! costs no extra system call or SQE per request.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, OwnedReadHalf};
+use monoio::net::TcpStream;
+
+type ReadHalf = OwnedReadHalf<TcpStream>;
+type Done = (ReadHalf, io::Result<usize>, Vec<u8>);
+
+enum State {
+    /// No read in flight; `buf` holds unconsumed bytes.
+    Idle(ReadHalf, Vec<u8>),
+    /// A read owns the half and the buffer until it completes.
+    InFlight(Pin<Box<dyn Future<Output = Done>>>),
+    /// Transitional; never observed outside a method.
+    Empty,
+}
+
+/// Reader of one client connection.
+pub struct ClientIn {
+    state: State,
+    /// Set once a read returned EOF or an error.
+    closed: bool,
+}
+
+/// Smallest spare capacity offered to a read.
+const READ_CHUNK: usize = 8 * 1024;
+
+impl ClientIn {
+    /// Wraps a read half.
+    pub fn new(rd: ReadHalf) -> Self {
+        ClientIn {
+            state: State::Idle(rd, Vec::with_capacity(READ_CHUNK)),
+            closed: false,
+        }
+    }
+
+    /// Buffered bytes. Empty while a read is in flight.
+    pub fn buf(&self) -> &[u8] {
+        match &self.state {
+            State::Idle(_, b) => b,
+            _ => &[],
+        }
+    }
+
+    /// True when a read is in flight.
+    pub fn in_flight(&self) -> bool {
+        matches!(self.state, State::InFlight(_))
+    }
+
+    /// True after EOF or a read error.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Drops the first `n` buffered bytes (a finished request).
+    pub fn consume(&mut self, n: usize) {
+        if let State::Idle(_, b) = &mut self.state {
+            let n = n.min(b.len());
+            b.drain(..n);
+        }
+    }
+
+    /// Makes room so the buffer can grow to `total` bytes without
+    /// reallocating during reads.
+    pub fn reserve_total(&mut self, total: usize) {
+        if let State::Idle(_, b) = &mut self.state {
+            b.reserve(total.saturating_sub(b.len()));
+        }
+    }
+
+    /// Starts a read if none is in flight.
+    pub fn start(&mut self) {
+        if let State::Idle(..) = self.state {
+            let State::Idle(mut rd, mut buf) = std::mem::replace(&mut self.state, State::Empty)
+            else {
+                return;
+            };
+            if buf.capacity() - buf.len() < READ_CHUNK {
+                buf.reserve(READ_CHUNK);
+            }
+            self.state = State::InFlight(Box::pin(async move {
+                let len = buf.len();
+                let cap = buf.capacity();
+                let (res, slice) = rd.read(buf.slice_mut(len..cap)).await;
+                (rd, res, slice.into_inner())
+            }));
+        }
+    }
+
+    /// Waits for the in-flight read (starting one if needed); returns the
+    /// bytes appended, 0 at EOF. Cancel-safe: if this future is dropped the
+    /// read stays in flight and a later call resumes it.
+    pub async fn complete(&mut self) -> io::Result<usize> {
+        self.start();
+        let State::InFlight(fut) = &mut self.state else {
+            return Err(io::Error::other("client reader in an invalid state"));
+        };
+        let (rd, res, buf) = fut.await;
+        self.state = State::Idle(rd, buf);
+        match &res {
+            Ok(0) | Err(_) => self.closed = true,
+            Ok(_) => {}
+        }
+        res
+    }
+}

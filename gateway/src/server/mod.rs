@@ -1,0 +1,142 @@
+//! The gateway process: worker threads (one per core, each its own
+//! runtime and listener), the embedded mock, the admin listener, signals
+//! and graceful shutdown.
+//!
+//! # Failure behavior
+//! Start-up is all or nothing: if any worker cannot bind or build its
+//! runtime, the others are stopped and `serve` fails with the reason.
+//! After start-up, a panicking connection task is contained by the runtime
+//! (panics are compiled out of the data path by lint, so this is a last
+//! line of defence).
+
+mod admin;
+mod client;
+mod conn;
+mod drain;
+mod local;
+mod proxy;
+mod worker;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+
+pub use worker::{Driver, bind, run_on_runtime};
+
+use crate::config::Config;
+use worker::Shared;
+
+/// Runs the gateway until SIGTERM or SIGINT, then drains.
+pub fn serve(cfg: Config) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    if let Some(m) = &cfg.mock {
+        crate::mock::spawn(crate::mock::MockOptions {
+            listen: m.listen,
+            workers: 1,
+            seed: m.seed,
+            default_max_tokens: 64,
+            api_key: None,
+            faults: crate::mock::Faults::default(),
+            pin_base: None,
+        })
+        .with_context(|| format!("starting the embedded mock on {}", m.listen))?;
+        tracing::info!(listen = %m.listen, "embedded mock provider listening");
+    }
+    let upstreams = crate::upstream::build(&cfg.upstreams).map_err(|e| anyhow!(e))?;
+    crate::upstream::spawn_resolver(&upstreams);
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let shared = Arc::new(Shared {
+        models_json: local::models_json(&cfg, created),
+        cfg: cfg.clone(),
+        upstreams,
+        started: Instant::now(),
+    });
+    let workers = cfg.server.workers;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Driver, String>>();
+    let mut stops = Vec::with_capacity(workers);
+    let mut handles = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let (stop_tx, stop_rx) = futures_channel::oneshot::channel::<()>();
+        stops.push(stop_tx);
+        let shared = shared.clone();
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("tollgate-w{id}"))
+            .spawn(move || {
+                let s = &shared.cfg.server;
+                if s.pin_cpus {
+                    if let Err(e) = crate::sys::pin_to_cpu(id % cores) {
+                        tracing::warn!(worker = id, error = %e, "could not pin worker to a CPU");
+                    }
+                }
+                let ready2 = ready.clone();
+                let listen = s.listen;
+                let ran = run_on_runtime(s.driver, |driver| async move {
+                    match bind(listen) {
+                        Ok(l) => {
+                            let _ = ready2.send(Ok(driver));
+                            worker::run(id, shared, l, stop_rx, driver).await;
+                        }
+                        Err(e) => {
+                            let _ = ready2.send(Err(format!("binding {listen}: {e}")));
+                        }
+                    }
+                });
+                if let Err(e) = ran {
+                    let _ = ready.send(Err(format!("starting the runtime: {e}")));
+                }
+            })
+            .context("spawning a worker thread")?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut drivers = Vec::with_capacity(workers);
+    let mut failure = None;
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(d)) => drivers.push(d),
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("a worker exited during start-up".into()),
+        }
+    }
+    if let Some(e) = failure {
+        for s in stops {
+            let _ = s.send(());
+        }
+        return Err(anyhow!(e));
+    }
+    let driver = drivers.first().copied().unwrap_or(Driver::Legacy);
+    if let Some(addr) = cfg.server.admin_listen {
+        admin::spawn(addr, shared.clone(), driver).context("starting the admin listener")?;
+    }
+    tracing::info!(
+        listen = %cfg.server.listen,
+        workers,
+        driver = driver.name(),
+        models = cfg.routes.len(),
+        upstreams = cfg.upstreams.len(),
+        "tollgate ready"
+    );
+    wait_for_signal()?;
+    tracing::info!(grace = ?cfg.server.shutdown_grace, "shutting down: draining connections");
+    for s in stops {
+        let _ = s.send(());
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn wait_for_signal() -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
+    let _ = signals.forever().next();
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! One upstream connection, plain TCP or TLS, behind a single type so the
+//! pool and the relay do not care which.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio_rustls::ClientTlsStream;
+
+use super::UpstreamRuntime;
+use crate::error::{Error, Kind};
+
+/// An open connection to an upstream.
+pub enum UpConn {
+    /// `http://`
+    Plain(TcpStream),
+    /// `https://`
+    Tls(Box<ClientTlsStream<TcpStream>>),
+}
+
+impl UpConn {
+    /// Connects (and handshakes) within the upstream's connect timeout.
+    pub async fn connect(up: &UpstreamRuntime) -> Result<UpConn, Error> {
+        let addrs = up.addrs();
+        let Some(&first) = addrs.first() else {
+            return Err(Error::msg(
+                Kind::UpstreamConnect,
+                format!("upstream `{}`: host did not resolve", up.cfg.name),
+            ));
+        };
+        let timeout = up.cfg.connect_timeout;
+        let connect = async {
+            let mut last = None;
+            // Try each resolved address in order, as a browser would.
+            for addr in std::iter::once(first).chain(addrs.iter().skip(1).copied()) {
+                match tcp(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::other("no address")))
+        };
+        let tcp = match monoio::time::timeout(timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(Error::msg(
+                    Kind::UpstreamConnect,
+                    format!("upstream `{}`: connect failed: {e}", up.cfg.name),
+                ));
+            }
+            Err(_) => return Err(timed_out(up, "connect", timeout)),
+        };
+        let Some(tls) = &up.tls else {
+            return Ok(UpConn::Plain(tcp));
+        };
+        match monoio::time::timeout(timeout, tls.connector.connect(tls.server_name.clone(), tcp)).await
+        {
+            Ok(Ok(s)) => Ok(UpConn::Tls(Box::new(s))),
+            Ok(Err(e)) => Err(Error::msg(
+                Kind::UpstreamTls,
+                format!("upstream `{}`: TLS handshake failed: {e}", up.cfg.name),
+            )),
+            Err(_) => Err(timed_out(up, "TLS handshake", timeout)),
+        }
+    }
+
+    /// Reads into the spare capacity of `buf`, appending.
+    pub async fn read_more(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let len = buf.len();
+        let cap = buf.capacity();
+        let slice = monoio::buf::IoBufMut::slice_mut(buf, len..cap);
+        let (res, slice) = match self {
+            UpConn::Plain(s) => s.read(slice).await,
+            UpConn::Tls(s) => s.read(slice).await,
+        };
+        (res, slice.into_inner())
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            UpConn::Plain(s) => s.write_all(buf).await,
+            UpConn::Tls(s) => {
+                let r = s.write_all(buf).await;
+                // rustls buffers records; push them to the socket now.
+                match s.flush().await {
+                    Ok(()) => r,
+                    Err(e) => (Err(e), r.1),
+                }
+            }
+        }
+    }
+}
+
+async fn tcp(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_addr(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+fn timed_out(up: &UpstreamRuntime, what: &str, d: Duration) -> Error {
+    Error::msg(
+        Kind::UpstreamTimeout,
+        format!("upstream `{}`: {what} timed out after {d:?}", up.cfg.name),
+    )
+}

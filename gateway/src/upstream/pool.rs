@@ -1,0 +1,70 @@
+//! Per-worker keep-alive pools, one LIFO stack per upstream.
+//!
+//! LIFO keeps the hottest connections in use and lets the rest age out;
+//! entries older than the upstream's idle timeout are dropped on the next
+//! take or sweep. Pools are worker-local: no locks, no atomics.
+
+use std::time::Instant;
+
+use super::UpConn;
+use crate::route::UpstreamId;
+
+struct Idle {
+    conn: UpConn,
+    since: Instant,
+}
+
+/// The pools of one worker.
+#[derive(Default)]
+pub struct Pool {
+    idle: Vec<Vec<Idle>>,
+}
+
+impl Pool {
+    /// Takes the most recently used live connection, if any.
+    pub fn take(&mut self, up: UpstreamId, idle_timeout: std::time::Duration) -> Option<UpConn> {
+        let stack = self.idle.get_mut(up as usize)?;
+        let now = Instant::now();
+        // Entries are in age order: the front is oldest.
+        let fresh = stack.partition_point(|i| now.duration_since(i.since) >= idle_timeout);
+        if fresh > 0 {
+            stack.drain(..fresh);
+        }
+        stack.pop().map(|i| i.conn)
+    }
+
+    /// Returns a connection whose last response completed cleanly.
+    pub fn put(&mut self, up: UpstreamId, conn: UpConn, max_idle: usize) {
+        if max_idle == 0 {
+            return;
+        }
+        let idx = up as usize;
+        if self.idle.len() <= idx {
+            self.idle.resize_with(idx + 1, Vec::new);
+        }
+        let stack = &mut self.idle[idx];
+        if stack.len() >= max_idle {
+            stack.remove(0);
+        }
+        stack.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// Drops expired connections of every upstream; `timeout_of` gives the
+    /// idle timeout per upstream id.
+    pub fn sweep(&mut self, timeout_of: impl Fn(usize) -> std::time::Duration) {
+        let now = Instant::now();
+        for (i, stack) in self.idle.iter_mut().enumerate() {
+            let t = timeout_of(i);
+            let fresh = stack.partition_point(|e| now.duration_since(e.since) >= t);
+            stack.drain(..fresh);
+        }
+    }
+
+    /// Idle connections held for an upstream.
+    pub fn idle_count(&self, up: UpstreamId) -> usize {
+        self.idle.get(up as usize).map_or(0, Vec::len)
+    }
+}
