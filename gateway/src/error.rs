@@ -154,9 +154,10 @@ impl Error {
     /// The `param` OpenAI names, when one is at fault.
     pub fn param(&self) -> Option<&'static str> {
         match self.kind {
-            Kind::MissingModel | Kind::ModelNotString | Kind::DuplicateModel | Kind::UnknownModel => {
-                Some("model")
-            }
+            Kind::MissingModel
+            | Kind::ModelNotString
+            | Kind::DuplicateModel
+            | Kind::UnknownModel => Some("model"),
             _ => None,
         }
     }
@@ -254,6 +255,9 @@ mod tests {
         assert_eq!(e.status(), 404);
         let e = Error::new(Kind::UpstreamTimeout, "t");
         assert_eq!((e.status(), e.is_retryable()), (504, true));
-        assert!(serde_json::from_str::<serde_json::Value>(&e.to_json()).unwrap()["error"]["param"].is_null());
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&e.to_json()).unwrap()["error"]["param"]
+                .is_null()
+        );
     }
 }

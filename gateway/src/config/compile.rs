@@ -62,7 +62,10 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
 
     let s = &raw.server;
     let listen = errs
-        .addr("server.listen", s.listen.as_deref().unwrap_or("127.0.0.1:8080"))
+        .addr(
+            "server.listen",
+            s.listen.as_deref().unwrap_or("127.0.0.1:8080"),
+        )
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
     let admin_listen = s
         .admin_listen
@@ -127,7 +130,10 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
             "text" => false,
             "json" => true,
             other => {
-                errs.push("log.format", format!("unknown format `{other}`; use text or json"));
+                errs.push(
+                    "log.format",
+                    format!("unknown format `{other}`; use text or json"),
+                );
                 false
             }
         },
@@ -139,7 +145,10 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
     for (i, u) in raw.upstreams.iter().enumerate() {
         let key = format!("upstreams[{i}]");
         if by_name.insert(u.name.as_str(), i as u32).is_some() {
-            errs.push(format!("{key}.name"), format!("duplicate upstream `{}`", u.name));
+            errs.push(
+                format!("{key}.name"),
+                format!("duplicate upstream `{}`", u.name),
+            );
         }
         if let Some(up) = upstream(&mut errs, &key, u, base_dir) {
             upstreams.push(Arc::new(up));
@@ -206,10 +215,8 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
             seed: m.seed.unwrap_or(0),
         })
     });
-    if let Some(m) = &mock {
-        if m.listen == server.listen {
-            errs.push("mock.listen", "must differ from server.listen");
-        }
+    if mock.as_ref().is_some_and(|m| m.listen == server.listen) {
+        errs.push("mock.listen", "must differ from server.listen");
     }
 
     if errs.0.is_empty() {
@@ -237,7 +244,12 @@ fn positive(errs: &mut Errors, key: &str, v: Option<usize>, default: usize) -> u
     }
 }
 
-fn upstream(errs: &mut Errors, key: &str, u: &RawUpstream, base_dir: &Path) -> Option<UpstreamConfig> {
+fn upstream(
+    errs: &mut Errors,
+    key: &str,
+    u: &RawUpstream,
+    base_dir: &Path,
+) -> Option<UpstreamConfig> {
     let provider = match u.provider.as_deref().unwrap_or("openai-compatible") {
         "openai" => Provider::OpenAi,
         "openai-compatible" => Provider::OpenAiCompatible,
@@ -263,22 +275,32 @@ fn upstream(errs: &mut Errors, key: &str, u: &RawUpstream, base_dir: &Path) -> O
         },
     };
     let ca_file = u.ca_file.as_ref().map(|f| base_dir.join(f));
-    if let Some(f) = &ca_file {
-        if !f.is_file() {
-            errs.push(format!("{key}.ca_file"), format!("`{}` is not a readable file", f.display()));
-        }
+    if let Some(f) = ca_file.as_ref().filter(|f| !f.is_file()) {
+        errs.push(
+            format!("{key}.ca_file"),
+            format!("`{}` is not a readable file", f.display()),
+        );
     }
-    let connect_timeout =
-        errs.duration(&format!("{key}.connect_timeout"), &u.connect_timeout, Duration::from_secs(5));
+    let connect_timeout = errs.duration(
+        &format!("{key}.connect_timeout"),
+        &u.connect_timeout,
+        Duration::from_secs(5),
+    );
     let response_timeout = errs.duration(
         &format!("{key}.response_timeout"),
         &u.response_timeout,
         Duration::from_secs(300),
     );
-    let read_timeout =
-        errs.duration(&format!("{key}.read_timeout"), &u.read_timeout, Duration::from_secs(300));
-    let idle_timeout =
-        errs.duration(&format!("{key}.idle_timeout"), &u.idle_timeout, Duration::from_secs(60));
+    let read_timeout = errs.duration(
+        &format!("{key}.read_timeout"),
+        &u.read_timeout,
+        Duration::from_secs(300),
+    );
+    let idle_timeout = errs.duration(
+        &format!("{key}.idle_timeout"),
+        &u.idle_timeout,
+        Duration::from_secs(60),
+    );
     let url = match parse_url(&u.base_url) {
         Ok(url) => url,
         Err(reason) => {
@@ -386,12 +408,18 @@ mod tests {
     fn urls() {
         let u = parse_url("https://api.openai.com/v1/").unwrap();
         assert!(u.tls);
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("api.openai.com", 443, "/v1"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("api.openai.com", 443, "/v1")
+        );
         assert_eq!(u.host_header, "api.openai.com");
         let u = parse_url("http://127.0.0.1:9001/v1").unwrap();
         assert_eq!((u.port, u.host_header.as_str()), (9001, "127.0.0.1:9001"));
         let u = parse_url("http://[::1]:9001").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("::1", 9001, ""));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 9001, "")
+        );
         assert!(parse_url("ftp://x").is_err());
         assert!(parse_url("http://").is_err());
         assert!(parse_url("http://h:99999").is_err());

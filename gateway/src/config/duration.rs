@@ -8,9 +8,9 @@ use std::time::Duration;
 /// Parses `"<integer><unit>"` with unit `ms`, `s`, `m` or `h`.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{s}` has no unit; write e.g. \"500ms\", \"30s\", \"5m\" or \"1h\""))?;
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+        format!("`{s}` has no unit; write e.g. \"500ms\", \"30s\", \"5m\" or \"1h\"")
+    })?;
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -20,7 +20,11 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("`{s}` has unknown unit `{unit}`; use ms, s, m or h")),
+        _ => {
+            return Err(format!(
+                "`{s}` has unknown unit `{unit}`; use ms, s, m or h"
+            ));
+        }
     };
     Ok(d)
 }

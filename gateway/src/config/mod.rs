@@ -63,7 +63,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let de = toml::Deserializer::new(&text);
     let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
-        let key = if key == "." { "(top level)".to_string() } else { key };
+        let key = if key == "." {
+            "(top level)".to_string()
+        } else {
+            key
+        };
         fail(&key, e.into_inner().to_string().trim().replace('\n', " "))
     })?;
     compile(raw, path).map_err(|errors| ConfigErrors {

@@ -250,7 +250,11 @@ mod tests {
             b"11111111111111111\r\n",
             b"-1\r\n",
         ] {
-            assert!(decode_all(&[bad]).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                decode_all(&[bad]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

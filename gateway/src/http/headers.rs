@@ -7,8 +7,14 @@
 
 /// Trims optional whitespace (SP / HTAB) around a field value.
 pub fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(v.len());
-    let end = v.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -55,7 +61,9 @@ const NOT_FORWARDED_UP: &[&[u8]] = &[
 /// True when a client request field must not be copied upstream.
 pub fn drop_upstream(name: &[u8], connection_value: &[u8]) -> bool {
     is_hop_by_hop(name)
-        || NOT_FORWARDED_UP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || NOT_FORWARDED_UP
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
         || (!connection_value.is_empty() && has_token(connection_value, name))
 }
 
@@ -67,7 +75,9 @@ const NOT_FORWARDED_DOWN: &[&[u8]] = &[b"content-length", b"x-request-id"];
 /// framing when the client can take it.
 pub fn drop_downstream(name: &[u8], connection_value: &[u8]) -> bool {
     is_hop_by_hop(name)
-        || NOT_FORWARDED_DOWN.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || NOT_FORWARDED_DOWN
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
         || (!connection_value.is_empty() && has_token(connection_value, name))
 }
 

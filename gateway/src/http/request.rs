@@ -91,10 +91,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, Error> {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(Error::new(Kind::HeadersTooLarge, "too many request header fields"));
+            return Err(Error::new(
+                Kind::HeadersTooLarge,
+                "too many request header fields",
+            ));
         }
         Err(e) => {
-            return Err(Error::msg(Kind::BadRequest, format!("malformed request head: {e}")));
+            return Err(Error::msg(
+                Kind::BadRequest,
+                format!("malformed request head: {e}"),
+            ));
         }
     };
     let base = buf.as_ptr() as usize;
@@ -125,7 +131,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, Error> {
             let n = parse_length(value)
                 .ok_or_else(|| Error::new(Kind::BadRequest, "invalid Content-Length"))?;
             if content_length.is_some_and(|c| c != n) {
-                return Err(Error::new(Kind::BadRequest, "conflicting Content-Length headers"));
+                return Err(Error::new(
+                    Kind::BadRequest,
+                    "conflicting Content-Length headers",
+                ));
             }
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -159,7 +168,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, Error> {
         ));
     }
     if chunked && minor == 0 {
-        return Err(Error::new(Kind::BadRequest, "chunked body in an HTTP/1.0 request"));
+        return Err(Error::new(
+            Kind::BadRequest,
+            "chunked body in an HTTP/1.0 request",
+        ));
     }
     let body = match (chunked, content_length) {
         (true, _) => BodyFraming::Chunked,
@@ -217,7 +229,10 @@ mod tests {
     #[test]
     fn framing_rules() {
         assert_eq!(
-            p("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap().body,
+            p("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .body,
             BodyFraming::Chunked
         );
         let both = p("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
@@ -226,9 +241,24 @@ mod tests {
         assert_eq!(two.unwrap_err().status(), 400);
         let gz = p("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(gz.unwrap_err().status(), 501);
-        assert_eq!(p("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n").unwrap_err().status(), 400);
-        assert_eq!(p("POST / HTTP/1.1\r\nExpect: x\r\n\r\n").unwrap_err().status(), 417);
-        assert!(p("POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n").unwrap().unwrap().expect_continue);
+        assert_eq!(
+            p("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n")
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            p("POST / HTTP/1.1\r\nExpect: x\r\n\r\n")
+                .unwrap_err()
+                .status(),
+            417
+        );
+        assert!(
+            p("POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .expect_continue
+        );
         assert!(p("POST / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
         assert_eq!(p("GARBAGE\r\n\r\n").unwrap_err().status(), 400);
     }
@@ -236,13 +266,25 @@ mod tests {
     #[test]
     fn keep_alive_rules() {
         assert!(!p("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap().keep_alive);
-        assert!(!p("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap().keep_alive);
-        assert!(!p("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n").unwrap().unwrap().keep_alive);
+        assert!(
+            !p("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            !p("GET / HTTP/1.1\r\nConnection: foo, close\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        );
     }
 
     #[test]
     fn bad_request_id_is_replaced() {
-        let h = p("GET / HTTP/1.1\r\nx-request-id: has space\r\n\r\n").unwrap().unwrap();
+        let h = p("GET / HTTP/1.1\r\nx-request-id: has space\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(h.request_id.is_none());
     }
 }

@@ -108,13 +108,24 @@ pub fn full(
 /// An OpenAI-shaped JSON error response.
 pub fn error(out: &mut Vec<u8>, err: &Error, request_id: &[u8], close: bool) {
     let body = err.to_json();
-    let allow: &[(&[u8], &[u8])] = if err.status() == 405 { &[(b"allow", b"POST")] } else { &[] };
+    let allow: &[(&[u8], &[u8])] = if err.status() == 405 {
+        &[(b"allow", b"POST")]
+    } else {
+        &[]
+    };
     let r = Local {
         request_id,
         close,
         head_only: false,
     };
-    full(out, err.status(), allow, b"application/json", body.as_bytes(), r);
+    full(
+        out,
+        err.status(),
+        allow,
+        b"application/json",
+        body.as_bytes(),
+        r,
+    );
 }
 
 #[cfg(test)]
@@ -125,7 +136,12 @@ mod tests {
     #[test]
     fn error_response_parses() {
         let mut out = Vec::new();
-        error(&mut out, &Error::new(Kind::BodyTooLarge, "too big"), b"rid", true);
+        error(
+            &mut out,
+            &Error::new(Kind::BodyTooLarge, "too big"),
+            b"rid",
+            true,
+        );
         let mut h = [httparse::EMPTY_HEADER; 8];
         let mut r = httparse::Response::new(&mut h);
         let n = match r.parse(&out).unwrap() {

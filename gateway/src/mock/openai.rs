@@ -124,7 +124,9 @@ pub fn answer(ask: &Ask) -> Answer {
                 "logprobs": null,
                 "finish_reason": finish,
             }),
-            _ => json!({"index": 0, "text": words.concat(), "logprobs": null, "finish_reason": finish}),
+            _ => {
+                json!({"index": 0, "text": words.concat(), "logprobs": null, "finish_reason": finish})
+            }
         };
         let mut v = json!({
             "id": id,
@@ -174,7 +176,9 @@ pub fn answer(ask: &Ask) -> Answer {
     }
     for w in &words {
         let choice = match ask.api {
-            Api::Chat => json!({"index": 0, "delta": {"content": w}, "logprobs": null, "finish_reason": null}),
+            Api::Chat => {
+                json!({"index": 0, "delta": {"content": w}, "logprobs": null, "finish_reason": null})
+            }
             _ => json!({"index": 0, "text": w, "logprobs": null, "finish_reason": null}),
         };
         events.push(event(json!([choice])));
@@ -201,7 +205,11 @@ pub fn answer(ask: &Ask) -> Answer {
 }
 
 fn embeddings(body: &Value, model: &str, p_tokens: usize, hash: u64, ask: &Ask) -> String {
-    let dims = body.get("dimensions").and_then(Value::as_u64).unwrap_or(8).clamp(1, 4096) as usize;
+    let dims = body
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .unwrap_or(8)
+        .clamp(1, 4096) as usize;
     let inputs = match body.get("input") {
         Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.len(),
         _ => 1,
@@ -229,7 +237,14 @@ fn embeddings(body: &Value, model: &str, p_tokens: usize, hash: u64, ask: &Ask) 
 
 /// The model list the mock serves.
 pub fn models() -> String {
-    let ids = ["gpt-4o", "gpt-4o-mini", "gpt-4", "gpt-3.5-turbo", "llama-3-70b", "text-embedding-3-small"];
+    let ids = [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-4",
+        "gpt-3.5-turbo",
+        "llama-3-70b",
+        "text-embedding-3-small",
+    ];
     let data: Vec<Value> = ids
         .iter()
         .map(|id| json!({"id": id, "object": "model", "created": 1_700_000_000u64, "owned_by": "mock"}))

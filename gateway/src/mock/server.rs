@@ -19,6 +19,8 @@ use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, encode_chunk};
 use crate::http::response::{Local, full, header, status_line};
 use crate::http::{BodyFraming, RequestHead, request};
 
+type Headers<'a> = &'a [(&'a [u8], &'a [u8])];
+
 /// Largest request the mock reads.
 const MAX_REQUEST: usize = 64 * 1024 * 1024;
 
@@ -146,11 +148,9 @@ async fn write_segments(s: &mut TcpStream, segments: Vec<Vec<u8>>, f: &Faults) -
         while off < seg.len() {
             let mut end = (off + step).min(seg.len());
             let mut reset = false;
-            if let Some(limit) = f.reset_after {
-                if written + (end - off) >= limit {
-                    end = off + limit.saturating_sub(written);
-                    reset = true;
-                }
+            if let Some(limit) = f.reset_after.filter(|&l| written + (end - off) >= l) {
+                end = off + limit.saturating_sub(written);
+                reset = true;
             }
             if end > off {
                 let (res, _) = s.write_all(seg[off..end].to_vec()).await;
@@ -179,10 +179,7 @@ fn respond(
     n: u64,
 ) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(1024);
-    let rid = head
-        .request_id
-        .clone()
-        .map_or(&b"mock"[..], |r| &buf[r]);
+    let rid = head.request_id.clone().map_or(&b"mock"[..], |r| &buf[r]);
     let local = Local {
         request_id: rid,
         close: !head.keep_alive,
@@ -194,18 +191,39 @@ fn respond(
         b"/v1/completions" => Some(Api::Completions),
         b"/v1/embeddings" => Some(Api::Embeddings),
         b"/v1/models" => {
-            full(&mut out, 200, &[], b"application/json", openai::models().as_bytes(), local);
+            full(
+                &mut out,
+                200,
+                &[],
+                b"application/json",
+                openai::models().as_bytes(),
+                local,
+            );
             return vec![out];
         }
         b"/mock/stats" => {
-            full(&mut out, 200, &[], b"application/json", stats.json().as_bytes(), local);
+            full(
+                &mut out,
+                200,
+                &[],
+                b"application/json",
+                stats.json().as_bytes(),
+                local,
+            );
             return vec![out];
         }
         _ => None,
     };
     let fail = |out: &mut Vec<u8>, status: u16, code: &str, msg: &str, extra: &[(&[u8], &[u8])]| {
         let body = serde_json::json!({"error": {"message": msg, "type": code, "param": null, "code": code}});
-        full(out, status, extra, b"application/json", body.to_string().as_bytes(), local);
+        full(
+            out,
+            status,
+            extra,
+            b"application/json",
+            body.to_string().as_bytes(),
+            local,
+        );
     };
     let Some(api) = api else {
         fail(&mut out, 404, "not_found", "mock: unknown endpoint", &[]);
@@ -219,25 +237,44 @@ fn respond(
             .map(|(_, v)| &buf[v.clone()]);
         let want = format!("Bearer {key}");
         if sent != Some(want.as_bytes()) {
-            fail(&mut out, 401, "invalid_api_key", "mock: incorrect API key provided", &[]);
+            fail(
+                &mut out,
+                401,
+                "invalid_api_key",
+                "mock: incorrect API key provided",
+                &[],
+            );
             return vec![out];
         }
     }
     if let Some(status) = f.status.filter(|s| *s >= 400) {
-        let (code, extra): (&str, &[(&[u8], &[u8])]) = match status {
+        let (code, extra): (&str, Headers<'_>) = match status {
             429 => ("rate_limit_exceeded", &[(b"retry-after", b"1")]),
             529 => ("overloaded_error", &[]),
             400..=499 => ("invalid_request_error", &[]),
             _ => ("server_error", &[]),
         };
-        fail(&mut out, status, code, &format!("mock: injected status {status}"), extra);
+        fail(
+            &mut out,
+            status,
+            code,
+            &format!("mock: injected status {status}"),
+            extra,
+        );
         return vec![out];
     }
     let parsed: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
             let err = Error::msg(Kind::InvalidJson, format!("mock: invalid JSON body: {e}"));
-            full(&mut out, 400, &[], b"application/json", err.to_json().as_bytes(), local);
+            full(
+                &mut out,
+                400,
+                &[],
+                b"application/json",
+                err.to_json().as_bytes(),
+                local,
+            );
             return vec![out];
         }
     };
@@ -267,7 +304,11 @@ fn respond(
         }
         Answer::Events(events) => {
             status_line(&mut out, 200);
-            header(&mut out, b"content-type", b"text/event-stream; charset=utf-8");
+            header(
+                &mut out,
+                b"content-type",
+                b"text/event-stream; charset=utf-8",
+            );
             header(&mut out, b"cache-control", b"no-cache");
             header(&mut out, b"transfer-encoding", b"chunked");
             header(&mut out, b"x-request-id", rid);

@@ -71,7 +71,10 @@ impl std::fmt::Display for ExtractError {
         match self {
             ExtractError::Empty => f.write_str("request body is empty; expected a JSON object"),
             ExtractError::InvalidJson { offset, reason } => {
-                write!(f, "request body is not valid JSON: {reason} at byte {offset}")
+                write!(
+                    f,
+                    "request body is not valid JSON: {reason} at byte {offset}"
+                )
             }
             ExtractError::NotObject => f.write_str("request body must be a JSON object"),
             ExtractError::MissingModel => {

@@ -112,7 +112,11 @@ impl RouteTable {
                 .cmp(&a.literals())
                 .then(b.pattern().len().cmp(&a.pattern().len()))
         });
-        if errors.is_empty() { Ok(t) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(t)
+        } else {
+            Err(errors)
+        }
     }
 
     fn insert_exact(
@@ -130,7 +134,9 @@ impl RouteTable {
                 .map_or_else(|| "this model".to_string(), |n| format!("`{n}`"));
             errors.push((
                 format!("models[{i}].{field}"),
-                format!("duplicate model name `{name}` (already routes to {other}, models[{prev}])"),
+                format!(
+                    "duplicate model name `{name}` (already routes to {other}, models[{prev}])"
+                ),
             ));
         } else {
             self.exact.insert(name.into(), i as RouteId);
@@ -215,8 +221,13 @@ mod tests {
 
     #[test]
     fn duplicates_are_named() {
-        let e = RouteTable::build(vec![spec("a", &["x"]), spec("x", &[]), spec("b*", &[]), spec("b*", &[])])
-            .unwrap_err();
+        let e = RouteTable::build(vec![
+            spec("a", &["x"]),
+            spec("x", &[]),
+            spec("b*", &[]),
+            spec("b*", &[]),
+        ])
+        .unwrap_err();
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].0, "models[1].name");
         assert!(e[0].1.contains("`x`"), "{}", e[0].1);

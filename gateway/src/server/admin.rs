@@ -72,7 +72,14 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
         };
         let cfg = &shared.cfg;
         match head.path(&buf) {
-            b"/healthz" => full(&mut out, 200, &[], b"application/json", b"{\"status\":\"ok\"}", r),
+            b"/healthz" => full(
+                &mut out,
+                200,
+                &[],
+                b"application/json",
+                b"{\"status\":\"ok\"}",
+                r,
+            ),
             b"/status" => {
                 let upstreams: Vec<serde_json::Value> = shared
                     .upstreams
@@ -94,9 +101,21 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                     "models": cfg.routes.len(),
                     "upstreams": upstreams,
                 });
-                full(&mut out, 200, &[], b"application/json", body.to_string().as_bytes(), r);
+                full(
+                    &mut out,
+                    200,
+                    &[],
+                    b"application/json",
+                    body.to_string().as_bytes(),
+                    r,
+                );
             }
-            _ => error(&mut out, &Error::new(Kind::NotFound, "admin serves /healthz and /status"), b"admin", r.close),
+            _ => error(
+                &mut out,
+                &Error::new(Kind::NotFound, "admin serves /healthz and /status"),
+                b"admin",
+                r.close,
+            ),
         }
         buf.drain(..head.len);
         let (res, _) = s.write_all(out).await;

