@@ -19,7 +19,7 @@ ALIAS = "gpt4o"
 TRICKLE = "gpt-4o-trickle"  # same target model, upstream writes 3 bytes at a time
 UPSTREAM_MODEL = "gpt-4o-2024-08-06"
 EMBEDDING_MODEL = "text-embedding-3-small"
-EMBEDDING_ALIAS = "embed-small"  # no `model` in its target
+EMBEDDING_ALIAS = "embed-small"  # no `model` in its target: upstream gets the name
 MESSAGES = [
     {"role": "system", "content": "You are a test fixture."},
     {"role": "user", "content": "Say something deterministic."},
@@ -196,15 +196,15 @@ def test_embeddings(client: openai.OpenAI):
 
 
 def test_embeddings_alias(client: openai.OpenAI):
-    """A target without `model` sends "the name the client sent" (config doc of
-    `targets[].model`): through an alias, that is the alias itself."""
+    """A target without `model` sends the model's own name upstream: an alias
+    reaches the provider under the real name, never as the alias."""
     raw = client.embeddings.with_raw_response.create(
         model=EMBEDDING_ALIAS, input="text", encoding_format="float"
     )
     assert raw.headers.get("x-tollgate-upstream") == "mock"
-    assert raw.headers.get("x-tollgate-model") == EMBEDDING_ALIAS
+    assert raw.headers.get("x-tollgate-model") == EMBEDDING_MODEL
     resp = raw.parse()
-    assert resp.model == EMBEDDING_ALIAS  # the mock echoes the model it was sent
+    assert resp.model == EMBEDDING_MODEL  # the mock echoes the model it was sent
     assert len(resp.data) == 1 and resp.data[0].embedding
 
 

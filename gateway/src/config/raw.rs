@@ -113,7 +113,8 @@ pub struct RawModel {
 pub struct RawTarget {
     /// Name of an `[[upstreams]]` entry.
     pub upstream: String,
-    /// Model name sent upstream; absent = the name the client sent.
+    /// Model name sent upstream; absent = the model's `name` (for an exact
+    /// name or alias) or the name the client sent (for a glob).
     pub model: Option<String>,
     /// Relative share of traffic. Default 1.
     pub weight: Option<u32>,

@@ -64,6 +64,14 @@ impl Stats {
 /// Starts the mock's worker threads; returns once all listen.
 pub fn spawn(opts: MockOptions) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let opts = Arc::new(opts);
+    // Build both encoders off the request path: the first answers would
+    // otherwise pay for loading the BPE tables.
+    let _ = std::thread::Builder::new()
+        .name("tollgate-mock-warm".into())
+        .spawn(|| {
+            crate::tokens::Encoding::Cl100k.count("warm");
+            crate::tokens::Encoding::O200k.count("warm");
+        });
     let stats = Arc::new(Stats::default());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     let mut handles = Vec::new();

@@ -41,8 +41,6 @@ pub struct Ask {
     pub seed: u64,
     /// Leave out usage.
     pub omit_usage: bool,
-    /// Request id counter value.
-    pub n: u64,
     /// Headers to echo, if asked.
     pub echo: Option<Value>,
 }
@@ -113,8 +111,10 @@ pub fn answer(ask: &Ask) -> Answer {
     });
     let stream = body.get("stream") == Some(&Value::Bool(true));
     let (id, object) = match ask.api {
-        Api::Chat => (format!("chatcmpl-mock{:x}", ask.n), "chat.completion"),
-        _ => (format!("cmpl-mock{:x}", ask.n), "text_completion"),
+        // Ids are a function of the prompt, like the text, so identical
+        // requests give byte-identical answers (tests compare streams).
+        Api::Chat => (format!("chatcmpl-mock{hash:016x}"), "chat.completion"),
+        _ => (format!("cmpl-mock{hash:016x}"), "text_completion"),
     };
     if !stream {
         let choice = match ask.api {

@@ -2,9 +2,8 @@
 //! chunked request bodies, faults applied at write time.
 
 use std::os::fd::AsRawFd;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use monoio::buf::IoBufMut;
@@ -25,7 +24,6 @@ type Headers<'a> = &'a [(&'a [u8], &'a [u8])];
 const MAX_REQUEST: usize = 64 * 1024 * 1024;
 
 pub async fn accept_loop(listener: TcpListener, opts: Arc<MockOptions>, stats: Arc<Stats>) {
-    let counter = Rc::new(AtomicU64::new(0));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             monoio::time::sleep(Duration::from_millis(20)).await;
@@ -34,9 +32,9 @@ pub async fn accept_loop(listener: TcpListener, opts: Arc<MockOptions>, stats: A
         let _ = stream.set_nodelay(true);
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats.open.fetch_add(1, Ordering::Relaxed);
-        let (opts, stats, counter) = (opts.clone(), stats.clone(), counter.clone());
+        let (opts, stats) = (opts.clone(), stats.clone());
         monoio::spawn(async move {
-            serve(stream, &opts, &stats, &counter).await;
+            serve(stream, &opts, &stats).await;
             stats.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -52,7 +50,7 @@ async fn read_more(s: &mut TcpStream, mut buf: Vec<u8>) -> (usize, Vec<u8>) {
     (res.unwrap_or(0), slice.into_inner())
 }
 
-async fn serve(mut s: TcpStream, opts: &MockOptions, stats: &Stats, counter: &AtomicU64) {
+async fn serve(mut s: TcpStream, opts: &MockOptions, stats: &Stats) {
     let mut buf = Vec::with_capacity(16 * 1024);
     loop {
         // Head.
@@ -107,8 +105,7 @@ async fn serve(mut s: TcpStream, opts: &MockOptions, stats: &Stats, counter: &At
         };
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let faults = opts.faults.with_headers(&buf, &head);
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        let segments = respond(opts, stats, &buf, &head, &body, &faults, n);
+        let segments = respond(opts, stats, &buf, &head, &body, &faults);
         let keep_alive = head.keep_alive;
         buf.drain(..used);
         if faults.stall {
@@ -176,7 +173,6 @@ fn respond(
     head: &RequestHead,
     body: &[u8],
     f: &Faults,
-    n: u64,
 ) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(1024);
     let rid = head.request_id.clone().map_or(&b"mock"[..], |r| &buf[r]);
@@ -294,7 +290,6 @@ fn respond(
         default_max_tokens: opts.default_max_tokens,
         seed: opts.seed,
         omit_usage: f.omit_usage,
-        n,
         echo,
     };
     match openai::answer(&ask) {

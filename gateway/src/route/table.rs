@@ -24,7 +24,8 @@ pub type RouteId = u32;
 pub struct Target {
     /// The upstream.
     pub upstream: UpstreamId,
-    /// Model name sent upstream; `None` keeps the client's.
+    /// Model name sent upstream; `None`: the route's name (exact routes)
+    /// or the client's (globs).
     pub model: Option<Arc<str>>,
     /// Relative share of traffic (>= 1).
     pub weight: u32,

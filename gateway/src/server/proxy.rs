@@ -164,15 +164,16 @@ fn prepare(
     let target = &table.route(route_id).targets[idx];
     let up = &w.shared.upstreams[target.upstream as usize];
     log.upstream = Some(up.cfg.name.clone());
-    let token = target
-        .model
-        .as_deref()
-        .filter(|m| *m != info.model.as_ref())
-        .map(json_string);
-    let served: Arc<str> = match &target.model {
-        Some(m) => m.clone(),
-        None => Arc::from(info.model.as_ref()),
+    // The name sent upstream: the target's rewrite, else the route's own
+    // name for exact routes (so aliases reach the provider under the real
+    // name), else what the client asked for (globs pass names through).
+    let route = table.route(route_id);
+    let served: Arc<str> = match (&target.model, route.is_glob) {
+        (Some(m), _) => m.clone(),
+        (None, false) => route.name.clone(),
+        (None, true) => Arc::from(info.model.as_ref()),
     };
+    let token = (*served != *info.model).then(|| json_string(&served));
     let parts = splice(
         bytes,
         info.model_span.clone(),
