@@ -633,3 +633,26 @@ fn tls_upstream_with_a_private_ca() {
     assert_eq!(r.status, 502);
     assert_eq!(r.error_code(), "upstream_tls_failed");
 }
+
+#[test]
+fn shipped_example_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (file, envs) in [
+        ("examples/quickstart.toml", vec![]),
+        (
+            "examples/production.toml",
+            vec![("OPENAI_API_KEY", "k"), ("VLLM_API_KEY", "k")],
+        ),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["check-config", &root.join(file).to_string_lossy()])
+            .envs(envs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The test command. On a fresh Debian machine it installs what the tests
+# need (idempotent), then runs, in order: rustfmt, clippy, every Rust test
+# (unit, property and end-to-end on real processes), and the Python tests
+# that drive the gateway with the official `openai` SDK.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n== %s\n' "$*"; }
+
+# --- what the tests need ------------------------------------------------
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  step "installing python3-venv"
+  apt-get update -qq && apt-get install -y -qq python3-venv
+fi
+venv="$root/target/pyenv"
+req="$root/tests/python/requirements.txt"
+stamp="$venv/.requirements.sha"
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  step "python venv with the openai SDK ($venv)"
+  mkdir -p "$root/target"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req"
+  echo "$want" > "$stamp"
+fi
+
+# --- checks ---------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, property, end-to-end)"
+cargo test --workspace --locked
+
+step "python: official openai SDK against a real gateway"
+cargo build --locked -p tollgate --bin tollgate
+TOLLGATE_BIN="$root/target/debug/tollgate" "$venv/bin/python" -m pytest -q tests/python
