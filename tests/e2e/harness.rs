@@ -114,7 +114,11 @@ fn wait_ready(p: &mut Proc, path: &str) {
 
 /// Starts `tollgate mock` with extra flags.
 pub fn mock(flags: &[&str]) -> Proc {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    mock_on(format!("127.0.0.1:{}", free_port()).parse().unwrap(), flags)
+}
+
+/// Starts `tollgate mock` on a given address (e.g. to restart one).
+pub fn mock_on(addr: SocketAddr, flags: &[&str]) -> Proc {
     let listen = addr.to_string();
     let mut args = vec!["mock", "--listen", listen.as_str()];
     args.extend_from_slice(flags);

@@ -656,3 +656,60 @@ fn shipped_example_configs_are_valid() {
         );
     }
 }
+
+#[test]
+fn a_restarted_upstream_does_not_fail_requests_on_stale_pooled_connections() {
+    let m = mock(&[]);
+    let addr = m.addr;
+    let cfg = config_for(&m, "", BASIC_MODELS).replace("workers = 2", "workers = 1");
+    let g = gateway(&cfg, &[]);
+    let mut c = Conn::open(g.addr);
+    for _ in 0..3 {
+        c.send(&chat(r#"{"model":"gpt-4o","max_tokens":1}"#));
+        assert_eq!(c.read_response().unwrap().status, 200);
+    }
+    // The pooled upstream connection dies with the old process.
+    drop(m);
+    let m2 = mock_on(addr, &[]);
+    for _ in 0..3 {
+        c.send(&chat(r#"{"model":"gpt-4o","max_tokens":1}"#));
+        let r = c.read_response().unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(mock_stats(&m2).2 >= 3);
+}
+
+#[test]
+fn idle_pooled_connections_expire() {
+    let m = mock(&[]);
+    let cfg = format!(
+        "[server]\nlisten = \"{{listen}}\"\nworkers = 1\n[log]\naccess = false\n\
+         [[upstreams]]\nname = \"mock\"\nbase_url = \"http://{}/v1\"\nidle_timeout = \"200ms\"\n{BASIC_MODELS}",
+        m.addr
+    );
+    let g = gateway(&cfg, &[]);
+    let (a0, _, _) = mock_stats(&m);
+    assert_eq!(
+        request(g.addr, &chat(r#"{"model":"gpt-4o","max_tokens":1}"#)).status,
+        200
+    );
+    // Within the idle timeout the connection is reused...
+    assert_eq!(
+        request(g.addr, &chat(r#"{"model":"gpt-4o","max_tokens":1}"#)).status,
+        200
+    );
+    let (a1, _, _) = mock_stats(&m);
+    assert_eq!(a1 - a0, 2, "one upstream connection plus the stats call");
+    // ...after it, a new one is opened.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        request(g.addr, &chat(r#"{"model":"gpt-4o","max_tokens":1}"#)).status,
+        200
+    );
+    let (a2, _, _) = mock_stats(&m);
+    assert_eq!(
+        a2 - a1,
+        2,
+        "a fresh upstream connection plus the stats call"
+    );
+}
