@@ -1,7 +1,10 @@
 //! The mock's connection loop: HTTP/1.1 keep-alive, Content-Length and
 //! chunked request bodies, faults applied at write time.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -105,7 +108,7 @@ async fn serve(mut s: TcpStream, opts: &MockOptions, stats: &Stats) {
         };
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let faults = opts.faults.with_headers(&buf, &head);
-        let segments = respond(opts, stats, &buf, &head, &body, &faults);
+        let reply = respond(opts, stats, &buf, &head, &body, &faults);
         let keep_alive = head.keep_alive;
         buf.drain(..used);
         if faults.stall {
@@ -121,22 +124,32 @@ async fn serve(mut s: TcpStream, opts: &MockOptions, stats: &Stats) {
         if !faults.delay.is_zero() {
             monoio::time::sleep(faults.delay).await;
         }
-        if !write_segments(&mut s, segments, &faults).await || !keep_alive {
+        if !write_reply(&mut s, reply, &faults).await || !keep_alive {
             return;
         }
     }
 }
 
-/// Writes the response pieces applying split, chunk delay and reset.
-/// Returns false when the connection is finished.
-async fn write_segments(s: &mut TcpStream, segments: Vec<Vec<u8>>, f: &Faults) -> bool {
-    let segments = if f.chunk_delay.is_zero() && f.split.is_none() {
-        vec![segments.concat()]
-    } else {
-        segments
+/// Writes a reply applying split, chunk delay and reset. Returns false
+/// when the connection is finished.
+async fn write_reply(s: &mut TcpStream, reply: Reply, f: &Faults) -> bool {
+    let events: &[Vec<u8>] = match reply.events.as_deref() {
+        Some(Rendered::Events(e)) => e,
+        _ => &[],
     };
+    let plain = f.chunk_delay.is_zero() && f.split.is_none() && f.reset_after.is_none();
+    if plain {
+        // One write for the whole answer, as a fast provider would.
+        let mut all = reply.head;
+        all.reserve(events.iter().map(Vec::len).sum());
+        for e in events {
+            all.extend_from_slice(e);
+        }
+        return s.write_all(all).await.0.is_ok();
+    }
     let mut written = 0usize;
-    for (i, seg) in segments.into_iter().enumerate() {
+    let segments = std::iter::once(reply.head.as_slice()).chain(events.iter().map(Vec::as_slice));
+    for (i, seg) in segments.enumerate() {
         if i > 0 && !f.chunk_delay.is_zero() {
             monoio::time::sleep(f.chunk_delay).await;
         }
@@ -173,7 +186,7 @@ fn respond(
     head: &RequestHead,
     body: &[u8],
     f: &Faults,
-) -> Vec<Vec<u8>> {
+) -> Reply {
     let mut out = Vec::with_capacity(1024);
     let rid = head.request_id.clone().map_or(&b"mock"[..], |r| &buf[r]);
     let local = Local {
@@ -195,7 +208,10 @@ fn respond(
                 openai::models().as_bytes(),
                 local,
             );
-            return vec![out];
+            return Reply {
+                head: out,
+                events: None,
+            };
         }
         b"/mock/stats" => {
             full(
@@ -206,7 +222,10 @@ fn respond(
                 stats.json().as_bytes(),
                 local,
             );
-            return vec![out];
+            return Reply {
+                head: out,
+                events: None,
+            };
         }
         _ => None,
     };
@@ -223,7 +242,10 @@ fn respond(
     };
     let Some(api) = api else {
         fail(&mut out, 404, "not_found", "mock: unknown endpoint", &[]);
-        return vec![out];
+        return Reply {
+            head: out,
+            events: None,
+        };
     };
     if let Some(key) = &opts.api_key {
         let sent = head
@@ -240,7 +262,10 @@ fn respond(
                 "mock: incorrect API key provided",
                 &[],
             );
-            return vec![out];
+            return Reply {
+                head: out,
+                events: None,
+            };
         }
     }
     if let Some(status) = f.status.filter(|s| *s >= 400) {
@@ -257,47 +282,42 @@ fn respond(
             &format!("mock: injected status {status}"),
             extra,
         );
-        return vec![out];
+        return Reply {
+            head: out,
+            events: None,
+        };
     }
-    let parsed: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
+    let rendered = if f.echo {
+        render(opts, api, body, f, echo_headers(buf, head))
+    } else {
+        cached(opts, api, body, f)
+    };
+    let rendered = match rendered {
+        Ok(r) => r,
         Err(e) => {
-            let err = Error::msg(Kind::InvalidJson, format!("mock: invalid JSON body: {e}"));
             full(
                 &mut out,
                 400,
                 &[],
                 b"application/json",
-                err.to_json().as_bytes(),
+                e.to_json().as_bytes(),
                 local,
             );
-            return vec![out];
+            return Reply {
+                head: out,
+                events: None,
+            };
         }
     };
-    let echo = f.echo.then(|| {
-        let mut m = serde_json::Map::new();
-        for (n, v) in &head.headers {
-            m.insert(
-                String::from_utf8_lossy(&buf[n.clone()]).to_ascii_lowercase(),
-                Value::String(String::from_utf8_lossy(&buf[v.clone()]).into_owned()),
-            );
+    match &*rendered {
+        Rendered::Json(j) => {
+            full(&mut out, 200, &[], b"application/json", j, local);
+            Reply {
+                head: out,
+                events: None,
+            }
         }
-        Value::Object(m)
-    });
-    let ask = Ask {
-        api,
-        body: parsed,
-        default_max_tokens: opts.default_max_tokens,
-        seed: opts.seed,
-        omit_usage: f.omit_usage,
-        echo,
-    };
-    match openai::answer(&ask) {
-        Answer::Json(j) => {
-            full(&mut out, 200, &[], b"application/json", j.as_bytes(), local);
-            vec![out]
-        }
-        Answer::Events(events) => {
+        Rendered::Events(_) => {
             status_line(&mut out, 200);
             header(
                 &mut out,
@@ -311,8 +331,97 @@ fn respond(
                 out.extend_from_slice(b"connection: close\r\n");
             }
             out.extend_from_slice(b"\r\n");
-            let mut segs = Vec::with_capacity(events.len() + 2);
-            segs.push(out);
+            Reply {
+                head: out,
+                events: Some(rendered),
+            }
+        }
+    }
+}
+
+/// A response: its head (or whole body for JSON answers) and, for
+/// streams, the pre-framed event chunks.
+struct Reply {
+    head: Vec<u8>,
+    events: Option<Rc<Rendered>>,
+}
+
+/// An answer rendered once, reusable for identical requests.
+enum Rendered {
+    /// A JSON body.
+    Json(Vec<u8>),
+    /// SSE events, each already framed as an HTTP chunk; the last entry is
+    /// the terminating zero chunk.
+    Events(Vec<Vec<u8>>),
+}
+
+thread_local! {
+    /// Answers by request: benchmarks repeat one body, and the answer is a
+    /// pure function of it, so it is rendered once per worker. The body
+    /// is stored and compared, so a hash collision cannot return a wrong
+    /// answer.
+    static ANSWERS: RefCell<HashMap<(u8, bool, u64), (Vec<u8>, Rc<Rendered>)>> =
+        RefCell::new(HashMap::new());
+}
+
+fn cached(opts: &MockOptions, api: Api, body: &[u8], f: &Faults) -> Result<Rc<Rendered>, Error> {
+    let key = (
+        api as u8,
+        f.omit_usage,
+        super::text::seed_for(body, opts.seed),
+    );
+    let hit = ANSWERS.with(|c| {
+        c.borrow()
+            .get(&key)
+            .filter(|(b, _)| b.as_slice() == body)
+            .map(|(_, r)| r.clone())
+    });
+    if let Some(r) = hit {
+        return Ok(r);
+    }
+    let r = render(opts, api, body, f, None)?;
+    ANSWERS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= 1024 {
+            c.clear();
+        }
+        c.insert(key, (body.to_vec(), r.clone()));
+    });
+    Ok(r)
+}
+
+fn echo_headers(buf: &[u8], head: &RequestHead) -> Option<Value> {
+    let mut m = serde_json::Map::new();
+    for (n, v) in &head.headers {
+        m.insert(
+            String::from_utf8_lossy(&buf[n.clone()]).to_ascii_lowercase(),
+            Value::String(String::from_utf8_lossy(&buf[v.clone()]).into_owned()),
+        );
+    }
+    Some(Value::Object(m))
+}
+
+fn render(
+    opts: &MockOptions,
+    api: Api,
+    body: &[u8],
+    f: &Faults,
+    echo: Option<Value>,
+) -> Result<Rc<Rendered>, Error> {
+    let parsed: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::msg(Kind::InvalidJson, format!("mock: invalid JSON body: {e}")))?;
+    let ask = Ask {
+        api,
+        body: parsed,
+        default_max_tokens: opts.default_max_tokens,
+        seed: opts.seed,
+        omit_usage: f.omit_usage,
+        echo,
+    };
+    Ok(Rc::new(match openai::answer(&ask) {
+        Answer::Json(j) => Rendered::Json(j.into_bytes()),
+        Answer::Events(events) => {
+            let mut segs = Vec::with_capacity(events.len() + 1);
             for e in events {
                 let mut payload = Vec::with_capacity(e.len() + 8);
                 payload.extend_from_slice(b"data: ");
@@ -323,7 +432,7 @@ fn respond(
                 segs.push(chunk);
             }
             segs.push(LAST_CHUNK.to_vec());
-            segs
+            Rendered::Events(segs)
         }
-    }
+    }))
 }

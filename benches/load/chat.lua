@@ -1,0 +1,18 @@
+-- wrk script: POST an OpenAI chat request; WRK_STREAM=1 asks for SSE.
+-- Counts non-2xx answers so a broken proxy cannot look fast.
+local stream = os.getenv("WRK_STREAM") == "1"
+local tokens = os.getenv("WRK_TOKENS") or "16"
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"gpt-4o-mini","max_tokens":' .. tokens .. ',"stream":' .. (stream and "true" or "false") ..
+  ',"messages":[{"role":"system","content":"You are a helpful assistant."},' ..
+  '{"role":"user","content":"Write one sentence about load balancers."}]}'
+
+local bad = 0
+function response(status, headers, body)
+  if status ~= 200 then bad = bad + 1 end
+end
+
+function done(summary, latency, requests)
+  io.write(string.format("non2xx=%d\n", summary.errors.status))
+end

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Side by side on this machine, in one run: wrk -> {mock directly, nginx,
+# tollgate} -> the same mock. Prints req/s, latency and CPU microseconds
+# per request of the system under test (utime+stime from /proc, all
+# threads). Loopback only; every wrk run is bounded by -d.
+#
+#   benches/load/quick.sh [reps=3] [duration=8s] [connections=64] [workers=1]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+reps=${1:-3}; dur=${2:-8s}; conns=${3:-64}; workers=${4:-1}
+bin=target/release/tollgate
+[ -x "$bin" ] || cargo build --release -p tollgate --bin tollgate
+command -v wrk >/dev/null && command -v nginx >/dev/null || {
+  echo "needs wrk and nginx: apt-get install -y wrk nginx-light" >&2; exit 1; }
+dir=$(mktemp -d /tmp/tollgate-quick.XXXX)
+MOCK=127.0.0.1:19001 NGINX=127.0.0.1:19101 TG=127.0.0.1:19201
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done;
+  [ -f "$dir/nginx.pid" ] && kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; }
+trap cleanup EXIT
+
+cores=$(nproc)
+pin=$(( cores > 1 ? cores - 1 : 0 ))
+$bin mock --listen $MOCK --workers 1 --pin-cpu $pin 2>"$dir/mock.log" & pids+=($!)
+cat > "$dir/tollgate.toml" <<CFG
+[server]
+listen = "$TG"
+workers = $workers
+[log]
+level = "warn"
+access = false
+[[upstreams]]
+name = "mock"
+base_url = "http://$MOCK/v1"
+[[models]]
+name = "gpt-4o-mini"
+targets = [{ upstream = "mock" }]
+CFG
+$bin serve --config "$dir/tollgate.toml" 2>"$dir/tollgate.log" & tg_pid=$!; pids+=($tg_pid)
+sed -e "s|@WORKERS@|$workers|; s|@DIR@|$dir|g; s|@UPSTREAM@|$MOCK|; s|@LISTEN@|$TG|" \
+  benches/load/nginx.conf.in | sed -e "s|listen $TG|listen $NGINX|" > "$dir/nginx.conf"
+nginx -p "$dir" -c "$dir/nginx.conf"
+for a in $MOCK $NGINX $TG; do
+  for _ in $(seq 100); do curl -s -o /dev/null "http://$a/v1/models" && break; sleep 0.05; done
+done
+nginx_pids() { local m; m=$(cat "$dir/nginx.pid"); echo "$m $(pgrep -P "$m" | tr '\n' ' ')"; }
+cpu_ticks() { local t=0; for p in "$@"; do
+  for s in /proc/"$p"/task/*/stat; do set -- $(sed 's/.*) //' "$s"); t=$((t + ${12} + ${13})); done; done; echo $t; }
+hz=$(getconf CLK_TCK)
+
+printf '%-6s %-9s %10s %9s %9s %12s %7s\n' mode system req/s p50 p99 cpu_us/req non2xx
+for rep in $(seq "$reps"); do
+  for mode in json sse; do
+    stream=0; [ $mode = sse ] && stream=1
+    for sys in direct nginx tollgate; do
+      case $sys in direct) addr=$MOCK; p="";; nginx) addr=$NGINX; p=$(nginx_pids);; tollgate) addr=$TG; p=$tg_pid;; esac
+      before=0; [ -n "$p" ] && before=$(cpu_ticks $p)
+      out=$(WRK_STREAM=$stream wrk -t2 -c"$conns" -d"$dur" --timeout 10s --latency \
+            -s benches/load/chat.lua "http://$addr/v1/chat/completions")
+      after=0; [ -n "$p" ] && after=$(cpu_ticks $p)
+      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+      p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+      p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+      bad=$(echo "$out" | awk -F= '/non2xx/ {print $2}')
+      cpu="-"; [ -n "$p" ] && cpu=$(awk -v d=$((after-before)) -v hz=$hz -v n="$reqs" 'BEGIN{printf "%.1f", d/hz*1e6/n}')
+      printf '%-6s %-9s %10s %9s %9s %12s %7s\n' $mode $sys "$rps" "$p50" "$p99" "$cpu" "$bad"
+    done
+  done
+done
