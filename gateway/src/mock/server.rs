@@ -355,13 +355,15 @@ enum Rendered {
     Events(Vec<Vec<u8>>),
 }
 
+/// (api, omit_usage, body hash) -> (body, answer).
+type AnswerCache = HashMap<(u8, bool, u64), (Vec<u8>, Rc<Rendered>)>;
+
 thread_local! {
     /// Answers by request: benchmarks repeat one body, and the answer is a
     /// pure function of it, so it is rendered once per worker. The body
     /// is stored and compared, so a hash collision cannot return a wrong
     /// answer.
-    static ANSWERS: RefCell<HashMap<(u8, bool, u64), (Vec<u8>, Rc<Rendered>)>> =
-        RefCell::new(HashMap::new());
+    static ANSWERS: RefCell<AnswerCache> = RefCell::new(HashMap::new());
 }
 
 fn cached(opts: &MockOptions, api: Api, body: &[u8], f: &Faults) -> Result<Rc<Rendered>, Error> {
