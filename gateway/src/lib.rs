@@ -10,6 +10,7 @@ pub mod http;
 pub mod mock;
 pub mod route;
 pub mod server;
+pub mod sse;
 mod sys;
 pub mod telemetry;
 pub mod tokens;
