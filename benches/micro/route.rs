@@ -18,14 +18,14 @@ const VENDORS: usize = 20;
 const FAMILIES: usize = 4;
 const EXACT: usize = 900;
 
-const EXACT_HIT: &str = "vendor3-family2-417";
-const ALIAS_HIT: &str = "v3f2-417";
+const EXACT_HIT: &str = "vendor3-family2-843";
+const ALIAS_HIT: &str = "v3f2-843";
 /// Matched only by `vendor9-*`: the least specific glob, in last config
 /// position among its equals, so every other glob is tried first.
 const GLOB_HIT: &str = "vendor9-preview-0611";
-/// Shares the `vendor` prefix with every glob, so none is rejected at the
-/// first byte.
-const MISS: &str = "vendor42-chat";
+/// Shares the `vendor` prefix with every glob and is as long as their
+/// literal prefixes, so each of the 100 is tried before the miss.
+const MISS: &str = "vendor42-preview-0611";
 
 fn targets(weights: &[u32]) -> Vec<Target> {
     weights
