@@ -90,20 +90,7 @@ impl std::fmt::Display for ExtractError {
 
 /// Scans `body` and returns its top-level model and the facts around it.
 pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
-    let text = match std::str::from_utf8(body) {
-        Ok(t) => t,
-        Err(e) => {
-            return Err(ExtractError::InvalidJson {
-                offset: e.valid_up_to(),
-                reason: "invalid UTF-8",
-            });
-        }
-    };
-    let mut s = Scanner {
-        b: body,
-        text,
-        pos: 0,
-    };
+    let mut s = Scanner { b: body, pos: 0 };
     s.skip_ws();
     if s.pos == body.len() {
         return Err(ExtractError::Empty);
@@ -189,8 +176,6 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
 
 struct Scanner<'a> {
     b: &'a [u8],
-    /// The same bytes as `b`, already checked to be UTF-8.
-    text: &'a str,
     pos: usize,
 }
 
@@ -262,7 +247,14 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Result<Cow<'a, str>, ExtractError> {
         let start = self.pos + 1;
         let escaped = self.skip_string()?;
-        let raw = &self.text[start..self.pos - 1];
+        // `skip_string` validated the UTF-8; this re-check only runs on the
+        // few short strings that are keys or the model.
+        let raw = std::str::from_utf8(&self.b[start..self.pos - 1]).map_err(|_| {
+            ExtractError::InvalidJson {
+                offset: start,
+                reason: "invalid UTF-8",
+            }
+        })?;
         if escaped {
             unescape(raw)
                 .map(Cow::Owned)
@@ -276,40 +268,64 @@ impl<'a> Scanner<'a> {
     }
 
     /// Skips a string token at `pos` (which holds `"`); returns whether it
-    /// contained escapes.
+    /// contained escapes. One pass: eight bytes at a time while none is a
+    /// quote, backslash, control character or non-ASCII byte, then byte by
+    /// byte until the next such word. UTF-8 is validated here, per string,
+    /// so the document as a whole is (outside strings the grammar only
+    /// admits ASCII).
     #[inline]
     fn skip_string(&mut self) -> Result<bool, ExtractError> {
+        let b = self.b;
         let mut i = self.pos + 1;
         let mut escaped = false;
         loop {
-            let Some(off) = memchr::memchr2(b'"', b'\\', &self.b[i..]) else {
-                self.pos = self.b.len();
+            while let Some(chunk) = b.get(i..i + 8) {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(chunk);
+                if special_in(u64::from_le_bytes(w)) {
+                    break;
+                }
+                i += 8;
+            }
+            let Some(&c) = b.get(i) else {
+                self.pos = b.len();
                 return Err(self.err("unterminated string"));
             };
-            if has_control(&self.b[i..i + off]) {
-                self.pos = i;
-                return Err(self.err("control character in string"));
-            }
-            i += off;
-            if self.b[i] == b'"' {
-                self.pos = i + 1;
-                return Ok(escaped);
-            }
-            escaped = true;
-            match self.b.get(i + 1) {
-                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
-                Some(b'u') => {
-                    let hex = self.b.get(i + 2..i + 6);
-                    if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                        self.pos = i;
-                        return Err(self.err("invalid \\u escape"));
+            match c {
+                b'"' => {
+                    self.pos = i + 1;
+                    return Ok(escaped);
+                }
+                b'\\' => {
+                    escaped = true;
+                    match b.get(i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
+                        Some(b'u') => {
+                            let hex = b.get(i + 2..i + 6);
+                            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                                self.pos = i;
+                                return Err(self.err("invalid \\u escape"));
+                            }
+                            i += 6;
+                        }
+                        _ => {
+                            self.pos = i;
+                            return Err(self.err("invalid escape in string"));
+                        }
                     }
-                    i += 6;
                 }
-                _ => {
+                0..=0x1f => {
                     self.pos = i;
-                    return Err(self.err("invalid escape in string"));
+                    return Err(self.err("control character in string"));
                 }
+                0x80.. => match utf8_char_len(&b[i..]) {
+                    Some(n) => i += n,
+                    None => {
+                        self.pos = i;
+                        return Err(self.err("invalid UTF-8"));
+                    }
+                },
+                _ => i += 1,
             }
         }
     }
@@ -449,27 +465,31 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// True when any byte is below 0x20 (forbidden raw in JSON strings).
-/// Eight bytes at a time: a byte `x < 0x20` is exactly one where
-/// `x - 0x20` borrows into the high bit while `x` itself has it clear.
+/// True when the word holds a byte that ends the fast string loop:
+/// `"`, `\\`, a control character (< 0x20) or a non-ASCII byte. Exact for
+/// "any": the zero-byte trick only misreports bytes above a real hit.
 #[inline]
-fn has_control(bytes: &[u8]) -> bool {
-    const LO: u64 = 0x2020_2020_2020_2020;
+fn special_in(x: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let x = u64::from_le_bytes(w);
-        if x.wrapping_sub(LO) & !x & HI != 0 {
-            // The SWAR test can flag a byte next to a real hit only when a
-            // real hit exists; confirm bytewise to be exact.
-            if c.iter().any(|&b| b < 0x20) {
-                return true;
-            }
-        }
-    }
-    chunks.remainder().iter().any(|&b| b < 0x20)
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HI;
+    let quote = zero(x ^ (ONES * u64::from(b'"')));
+    let backslash = zero(x ^ (ONES * u64::from(b'\\')));
+    let control = x.wrapping_sub(ONES * 0x20) & !x & HI;
+    (quote | backslash | control | (x & HI)) != 0
+}
+
+/// Length of the valid UTF-8 character starting at `b[0]` (a non-ASCII
+/// lead byte), or `None` when it is not valid UTF-8.
+#[inline]
+fn utf8_char_len(b: &[u8]) -> Option<usize> {
+    let n = match b.first()? {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return None,
+    };
+    std::str::from_utf8(b.get(..n)?).ok().map(|_| n)
 }
 
 /// Decodes the escapes of a string body already checked by `skip_string`.

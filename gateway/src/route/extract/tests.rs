@@ -123,20 +123,36 @@ fn depth_limit() {
 }
 
 #[test]
-fn control_detector_is_exact() {
-    for len in 0..20 {
-        for pos in 0..len {
-            for bad in [0u8, 0x1f, 0x0a] {
-                let mut v = vec![b'a'; len];
-                v[pos] = bad;
-                assert!(has_control(&v));
+fn special_byte_detector_is_exact() {
+    for pos in 0..8 {
+        for byte in 0..=255u8 {
+            for fill in [b'a', b' ', b'~', 0x21] {
+                let mut w = [fill; 8];
+                w[pos] = byte;
+                let want = byte == b'"' || byte == b'\\' || byte < 0x20 || byte >= 0x80;
+                assert_eq!(
+                    special_in(u64::from_le_bytes(w)),
+                    want,
+                    "byte {byte:#x} at {pos}"
+                );
             }
-            let mut v = vec![b'a'; len];
-            v[pos] = 0x20;
-            assert!(!has_control(&v));
-            v[pos] = 0xc3;
-            assert!(!has_control(&v));
         }
+    }
+}
+
+#[test]
+fn utf8_in_strings() {
+    assert_eq!(model_of(r#"{"model":"m","x":"日本語 😀 é"}"#).unwrap(), "m");
+    assert_eq!(model_of(r#"{"model":"日本"}"#).unwrap(), "日本");
+    for bad in [
+        &b"{\"model\":\"\xc0\xaf\"}"[..],
+        b"{\"model\":\"m\",\"x\":\"\xed\xa0\x80\"}",
+        b"{\"model\":\"m\",\"x\":\"\xe6\x97\"}",
+    ] {
+        assert!(
+            matches!(extract(bad), Err(ExtractError::InvalidJson { .. })),
+            "{bad:?}"
+        );
     }
 }
 
