@@ -129,7 +129,7 @@ fn special_byte_detector_is_exact() {
             for fill in [b'a', b' ', b'~', 0x21] {
                 let mut w = [fill; 8];
                 w[pos] = byte;
-                let want = byte == b'"' || byte == b'\\' || byte < 0x20 || byte >= 0x80;
+                let want = byte == b'"' || byte == b'\\' || !(0x20..0x80).contains(&byte);
                 assert_eq!(
                     special_in(u64::from_le_bytes(w)),
                     want,
