@@ -15,5 +15,6 @@ mod sys;
 pub mod telemetry;
 pub mod tokens;
 pub mod upstream;
+pub mod usage;
 
 pub use sys::pin_to_cpu;

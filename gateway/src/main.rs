@@ -85,6 +85,9 @@ struct MockArgs {
     /// Leave usage out of answers.
     #[arg(long)]
     omit_usage: bool,
+    /// End SSE lines with CRLF.
+    #[arg(long)]
+    crlf: bool,
 }
 
 fn main() -> ExitCode {
@@ -154,6 +157,7 @@ fn run_mock(a: MockArgs) -> anyhow::Result<()> {
             stall: a.stall,
             omit_usage: a.omit_usage,
             echo: false,
+            crlf: a.crlf,
         },
     };
     tollgate::mock::spawn(opts).with_context(|| format!("listening on {listen}"))?;

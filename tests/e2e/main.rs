@@ -366,15 +366,20 @@ fn upstream_failures_map_to_502_and_504() {
 }
 
 /// Reads a streamed response through the gateway and directly from the
-/// mock; the bytes must be identical, whatever the write pattern.
+/// mock; with usage injection off the gateway is a pure pass-through, so
+/// the bytes (chunk framing included) must be identical, whatever the
+/// write pattern.
 #[test]
 fn streams_pass_every_byte_in_order() {
-    let (m, g) = basic();
+    let m = mock(&[]);
+    let cfg = config_for(&m, "", BASIC_MODELS)
+        .replace("base_url = ", "stream_usage = false\nbase_url = ");
+    let g = gateway(&cfg, &[]);
     let body = r#"{"model":"llama-3-8b","stream":true,"max_tokens":40,"messages":[{"role":"user","content":"stream me"}]}"#;
     for faults in [
         "",
         "x-mock-split: 1\r\n",
-        "x-mock-split: 7\r\n",
+        "x-mock-split: 7\r\nx-mock-crlf: 1\r\n",
         "x-mock-chunk-delay-ms: 5\r\nx-mock-split: 13\r\n",
     ] {
         let via = request(g.addr, &post("/v1/chat/completions", body, faults));
@@ -391,8 +396,189 @@ fn streams_pass_every_byte_in_order() {
         );
         let text = via.text();
         assert_eq!(text.matches("data: ").count(), 40 + 3);
-        assert!(text.ends_with("data: [DONE]\n\n"));
+        assert!(text.ends_with("data: [DONE]\n\n") || text.ends_with("data: [DONE]\r\n\r\n"));
     }
+}
+
+/// With usage injection on (the default), the gateway asks the provider for
+/// usage and removes the usage-only chunk the client did not ask for: the
+/// client sees the events it would have seen without the gateway, except
+/// for the `"usage":null` field providers put in every chunk once usage is
+/// on (harmless: SDKs model `usage` as optional).
+#[test]
+fn injected_usage_chunk_is_invisible_to_the_client() {
+    let (m, g) = basic();
+    let body = r#"{"model":"llama-3-8b","stream":true,"max_tokens":25,"messages":[{"role":"user","content":"hidden usage"}]}"#;
+    for faults in [
+        "",
+        "x-mock-split: 1\r\n",
+        "x-mock-split: 5\r\nx-mock-crlf: 1\r\n",
+        "x-mock-chunk-delay-ms: 3\r\n",
+    ] {
+        let via = request(g.addr, &post("/v1/chat/completions", body, faults));
+        let direct = request(m.addr, &post("/v1/chat/completions", body, faults));
+        assert_eq!(via.status, 200);
+        assert_eq!(
+            via.text().replace(",\"usage\":null", ""),
+            direct.text(),
+            "faults {faults:?}"
+        );
+        assert!(
+            !via.text().contains("\"usage\":{"),
+            "usage leaked: {faults:?}"
+        );
+    }
+}
+
+fn admin_config(m: &Proc, admin: u16) -> String {
+    config_for(
+        m,
+        &format!("admin_listen = \"127.0.0.1:{admin}\"\n"),
+        BASIC_MODELS,
+    )
+}
+
+/// Reads one counter from `/metrics`, polling until `want(value)` or 5 s.
+fn metric(admin: u16, model: &str, kind: &str, source: &str, want: impl Fn(u64) -> bool) -> u64 {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let key =
+        format!("tollgate_tokens_total{{model=\"{model}\",kind=\"{kind}\",source=\"{source}\"}} ");
+    let mut last = 0;
+    eventually(Duration::from_secs(5), || {
+        let text = request(addr, &get("/metrics")).text();
+        last = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        want(last)
+    });
+    last
+}
+
+#[test]
+fn provider_usage_is_counted_and_prompt_estimate_is_exact() {
+    let m = mock(&[]);
+    let admin = free_port();
+    let g = gateway(&admin_config(&m, admin), &[]);
+    let body = r#"{"model":"gpt-4o","max_tokens":7,"messages":[{"role":"system","content":"Be brief."},{"role":"user","name":"ann","content":"Count my tokens, exactly. 日本語 and emoji 👩‍👩‍👧‍👦 too."}]}"#;
+    let r = request(g.addr, &chat(body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let usage = r.json()["usage"].clone();
+    // The estimate made before forwarding equals what the provider reports.
+    assert_eq!(
+        r.header("x-tollgate-prompt-tokens")
+            .map(|v| v.parse::<u64>().unwrap()),
+        usage["prompt_tokens"].as_u64()
+    );
+    let served = "gpt-4o-2024-08-06";
+    assert_eq!(
+        metric(admin, served, "completion", "provider", |v| v == 7),
+        7
+    );
+    let p = usage["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(metric(admin, served, "prompt", "provider", |v| v == p), p);
+    // Streams: the usage comes from the (hidden) usage chunk.
+    let r = request(
+        g.addr,
+        &chat(&body.replace("\"max_tokens\":7", "\"max_tokens\":9,\"stream\":true")),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        metric(admin, served, "completion", "provider", |v| v == 16),
+        16
+    );
+    assert_eq!(
+        metric(admin, served, "completion", "estimated", |_| true),
+        0
+    );
+}
+
+#[test]
+fn client_asked_usage_arrives_even_when_the_provider_sends_none() {
+    let m = mock(&[]);
+    let admin = free_port();
+    let g = gateway(&admin_config(&m, admin), &[]);
+    let body = r#"{"model":"llama-3-8b","stream":true,"stream_options":{"include_usage":true},"max_tokens":30,"messages":[{"role":"user","content":"usage please"}]}"#;
+    // Provider usage passes through untouched.
+    let r = request(g.addr, &chat(body));
+    let direct = request(m.addr, &chat(body));
+    assert_eq!(r.text(), direct.text());
+    // Provider without usage: the gateway adds an estimated usage chunk
+    // before [DONE]; the mock's text is exactly max_tokens tokens.
+    for faults in [
+        "x-mock-omit-usage: 1\r\n",
+        "x-mock-omit-usage: 1\r\nx-mock-split: 1\r\nx-mock-crlf: 1\r\n",
+    ] {
+        let r = request(g.addr, &post("/v1/chat/completions", body, faults));
+        assert_eq!(r.status, 200);
+        let text = r.text();
+        let events: Vec<&str> = text
+            .split(['\n', '\r'])
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        assert_eq!(events.last(), Some(&"[DONE]"), "{faults:?}");
+        let usage: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+        assert_eq!(
+            usage["usage"]["completion_tokens"], 30,
+            "{faults:?}: {usage}"
+        );
+        assert_eq!(
+            usage["usage"]["prompt_tokens"].as_u64(),
+            r.header("x-tollgate-prompt-tokens")
+                .map(|v| v.parse().unwrap())
+        );
+        assert_eq!(usage["choices"], serde_json::json!([]));
+    }
+    assert_eq!(
+        metric(admin, "llama-3-8b", "completion", "estimated", |v| v == 60),
+        60
+    );
+}
+
+#[test]
+fn non_streaming_response_without_usage_is_estimated_exactly() {
+    let m = mock(&[]);
+    let admin = free_port();
+    let g = gateway(&admin_config(&m, admin), &[]);
+    let r = request(
+        g.addr,
+        &post(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o","max_tokens":11,"messages":[{"role":"user","content":"x"}]}"#,
+            "x-mock-omit-usage: 1\r\n",
+        ),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        metric(admin, "gpt-4o-2024-08-06", "completion", "estimated", |v| v
+            == 11),
+        11
+    );
+}
+
+#[test]
+fn a_client_that_leaves_mid_stream_is_billed_for_what_was_produced() {
+    let m = mock(&[]);
+    let admin = free_port();
+    let g = gateway(&admin_config(&m, admin), &[]);
+    let mut c = Conn::open(g.addr);
+    c.send(&post(
+        "/v1/chat/completions",
+        r#"{"model":"llama-3-8b","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"long"}]}"#,
+        "x-mock-chunk-delay-ms: 10\r\n",
+    ));
+    let (status, _) = c.read_head(true).unwrap();
+    assert_eq!(status, 200);
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    while String::from_utf8_lossy(&got).matches("data: ").count() < 20 {
+        let n = std::io::Read::read(&mut c.s, &mut tmp).unwrap();
+        got.extend_from_slice(&tmp[..n]);
+    }
+    drop(c);
+    let billed = metric(admin, "llama-3-8b", "completion", "estimated", |v| v > 0);
+    assert!((15..1000).contains(&billed), "billed {billed}");
 }
 
 #[test]

@@ -323,6 +323,7 @@ fn upstream(
         read_timeout,
         max_idle: u.max_idle.unwrap_or(64),
         idle_timeout,
+        stream_usage: u.stream_usage.unwrap_or(true),
     })
 }
 

@@ -224,6 +224,8 @@ pub struct UpstreamConfig {
     pub max_idle: usize,
     /// Idle connection lifetime.
     pub idle_timeout: Duration,
+    /// Ask the provider for usage on streams.
+    pub stream_usage: bool,
 }
 
 /// `[mock]`, compiled.

@@ -90,6 +90,9 @@ pub struct RawUpstream {
     pub max_idle: Option<usize>,
     /// Pooled connection lifetime when idle. Default "60s".
     pub idle_timeout: Option<String>,
+    /// Ask for `stream_options.include_usage` on streams (the provider must
+    /// accept the field; OpenAI and vLLM do). Default true.
+    pub stream_usage: Option<bool>,
 }
 
 /// `[[models]]`

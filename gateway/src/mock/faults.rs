@@ -10,6 +10,7 @@
 //! | `x-mock-reset-after: 300` | `--reset-after` | send RST after this many response bytes |
 //! | `x-mock-stall: 1` | `--stall` | never answer (until the client closes) |
 //! | `x-mock-omit-usage: 1` | `--omit-usage` | no `usage` anywhere |
+//! | `x-mock-crlf: 1` | `--crlf` | end SSE lines with CRLF instead of LF |
 //! | `x-mock-echo: 1` | — | add the received headers to the JSON answer |
 
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub struct Faults {
     pub omit_usage: bool,
     /// Echo request headers in JSON answers.
     pub echo: bool,
+    /// CRLF line endings in SSE.
+    pub crlf: bool,
 }
 
 impl Faults {
@@ -59,6 +62,7 @@ impl Faults {
                 b"stall" => f.stall = flag,
                 b"omit-usage" => f.omit_usage = flag,
                 b"echo" => f.echo = flag,
+                b"crlf" => f.crlf = flag,
                 _ => {}
             }
         }

@@ -355,7 +355,7 @@ enum Rendered {
     Events(Vec<Vec<u8>>),
 }
 
-/// (api, omit_usage, body hash) -> (body, answer).
+/// (api | crlf flag, omit_usage, body hash) -> (body, answer).
 type AnswerCache = HashMap<(u8, bool, u64), (Vec<u8>, Rc<Rendered>)>;
 
 thread_local! {
@@ -426,9 +426,11 @@ fn render(
             let mut segs = Vec::with_capacity(events.len() + 1);
             for e in events {
                 let mut payload = Vec::with_capacity(e.len() + 8);
+                let nl: &[u8] = if f.crlf { b"\r\n" } else { b"\n" };
                 payload.extend_from_slice(b"data: ");
                 payload.extend_from_slice(e.as_bytes());
-                payload.extend_from_slice(b"\n\n");
+                payload.extend_from_slice(nl);
+                payload.extend_from_slice(nl);
                 let mut chunk = Vec::with_capacity(payload.len() + 12);
                 encode_chunk(&mut chunk, &payload);
                 segs.push(chunk);

@@ -42,6 +42,8 @@ pub struct BodyInfo<'a> {
     pub stream: bool,
     /// Byte offset of the `}` that closes the top-level object.
     pub object_end: usize,
+    /// Byte range of the top-level `stream_options` value, if present.
+    pub stream_options: Option<Range<usize>>,
 }
 
 /// Why a body has no usable model.
@@ -104,6 +106,7 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
     let mut model: Option<(Cow<'_, str>, Range<usize>)> = None;
     let mut model_bad = false;
     let mut stream = false;
+    let mut stream_options = None;
     s.skip_ws();
     if s.peek() == Some(b'}') {
         s.pos += 1;
@@ -148,6 +151,10 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
                 s.skip_value()?;
                 stream = &body[start..s.pos] == b"true";
             }
+            "stream_options" => {
+                s.skip_value()?;
+                stream_options = Some(start..s.pos);
+            }
             _ => s.skip_value()?,
         }
         s.skip_ws();
@@ -168,6 +175,7 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
             model_span,
             stream,
             object_end,
+            stream_options,
         }),
         None if model_bad => Err(ExtractError::ModelNotString),
         None => Err(ExtractError::MissingModel),

@@ -1,4 +1,4 @@
-//! The admin listener: `GET /healthz` and `GET /status` on a separate
+//! The admin listener: `GET /healthz`, `/status` and `/metrics` on a separate
 //! address (and thread) so operators can probe a node without touching
 //! the client port. Metrics and key management land here later.
 
@@ -80,6 +80,18 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                 b"{\"status\":\"ok\"}",
                 r,
             ),
+            b"/metrics" => {
+                let mut text = String::with_capacity(4096);
+                shared.token_metrics.render(&mut text);
+                full(
+                    &mut out,
+                    200,
+                    &[],
+                    b"text/plain; version=0.0.4",
+                    text.as_bytes(),
+                    r,
+                );
+            }
             b"/status" => {
                 let upstreams: Vec<serde_json::Value> = shared
                     .upstreams
@@ -112,7 +124,10 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
             }
             _ => error(
                 &mut out,
-                &Error::new(Kind::NotFound, "admin serves /healthz and /status"),
+                &Error::new(
+                    Kind::NotFound,
+                    "admin serves /healthz, /status and /metrics",
+                ),
                 b"admin",
                 r.close,
             ),

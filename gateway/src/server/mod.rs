@@ -9,12 +9,14 @@
 //! (panics are compiled out of the data path by lint, so this is a last
 //! line of defence).
 
+mod account;
 mod admin;
 mod client;
 mod conn;
 mod drain;
 mod local;
 mod proxy;
+mod relay;
 mod worker;
 
 use std::sync::Arc;
@@ -48,7 +50,12 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let token_metrics = Arc::new(crate::usage::TokenMetrics::default());
+    let sinks =
+        crate::usage::Sinks::new(vec![Arc::new(crate::usage::LogSink), token_metrics.clone()]);
     let shared = Arc::new(Shared {
+        token_metrics,
+        sinks,
         models_json: local::models_json(&cfg, created),
         cfg: cfg.clone(),
         upstreams,

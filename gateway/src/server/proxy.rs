@@ -18,19 +18,18 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use monoio::io::AsyncWriteRentExt;
-
+use super::account::Accountant;
 use super::client::ClientIn;
 use super::conn::{Body, ClientOut};
+use super::relay::relay;
 use super::worker::Worker;
 use crate::error::{Error, Kind};
 use crate::http::RequestHead;
-use crate::http::chunked::ChunkedDecoder;
-use crate::route::rewrite::{json_string, splice};
+use crate::route::rewrite::{Edit, StreamUsage, json_string, splice, stream_usage};
 use crate::route::{ExtractError, UpstreamId, extract};
-use crate::upstream::UpConn;
+use crate::tokens::Encoding;
 use crate::upstream::request::{Forward, build};
-use crate::upstream::response::{self, Added, ClientFraming, Framing, ResponseHead};
+use crate::usage::UsageRecord;
 
 /// The OpenAI endpoints routed by model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,14 +96,24 @@ pub struct RouteLog {
 /// Result of `handle`: an error carries whether the connection must close.
 pub type Handled = Result<Done, (Error, bool)>;
 
-struct Prepared {
-    upstream: UpstreamId,
-    request: Vec<u8>,
-    served: Arc<str>,
+/// A request ready to send, with what the response side needs to know.
+pub struct Prepared {
+    /// Target upstream.
+    pub upstream: UpstreamId,
+    /// The full upstream request bytes.
+    pub request: Vec<u8>,
+    /// Model name sent upstream.
+    pub served: Arc<str>,
+    /// Streaming request.
+    pub stream: bool,
+    /// Drop the usage-only chunk (the gateway asked for usage, not the client).
+    pub strip_usage: bool,
+    /// Add an estimated usage chunk if the provider sends none (the client asked).
+    pub add_usage: bool,
 }
 
 /// Handles a proxied request whose body has been read. Consumes the
-/// request's bytes from `cin` on every path.
+/// request's bytes from `cin` on every path; emits the usage record.
 #[allow(clippy::too_many_arguments)]
 pub async fn handle(
     w: &Worker,
@@ -117,25 +126,69 @@ pub async fn handle(
     keep_alive: bool,
     log: &mut RouteLog,
 ) -> Handled {
+    let started = Instant::now();
+    let rid_str: Arc<str> = Arc::from(String::from_utf8_lossy(rid).as_ref());
     let prepared = prepare(w, cin.buf(), head, &body, ep, rid, log);
     cin.consume(body.request_len());
-    let p = prepared.map_err(|e| (e, false))?;
-    let fut = pin!(relay(w, wr, p, head.minor, !keep_alive, rid, log));
-    let mut fut = fut;
-    if cin.buf().is_empty() && !cin.is_closed() {
-        monoio::select! {
-            r = &mut fut => return r,
-            r = cin.complete() => {
-                if !matches!(r, Ok(n) if n > 0) {
-                    // Client gone: dropping the relay drops the upstream
-                    // connection and cancels its I/O.
-                    return Ok(Done::Aborted { status: 499 });
+    let (p, mut acct) = prepared.map_err(|e| (e, false))?;
+    let served = p.served.clone();
+    let upstream = w.shared.upstreams[p.upstream as usize].cfg.name.clone();
+    let stream = p.stream;
+    let result = {
+        let fut = pin!(relay(
+            w,
+            wr,
+            p,
+            head.minor,
+            !keep_alive,
+            rid,
+            log,
+            &mut acct
+        ));
+        let mut fut = fut;
+        let mut watched = None;
+        if cin.buf().is_empty() && !cin.is_closed() {
+            monoio::select! {
+                r = &mut fut => watched = Some(r),
+                r = cin.complete() => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        // Client gone: dropping the relay drops the upstream
+                        // connection and cancels its I/O.
+                        watched = Some(Ok(Done::Aborted { status: 499 }));
+                    }
+                    // Pipelined bytes: keep them for later, finish unwatched.
                 }
-                // Pipelined bytes: keep them for later, finish unwatched.
             }
         }
-    }
-    fut.await
+        match watched {
+            Some(r) => r,
+            None => fut.await,
+        }
+    };
+    let status = match &result {
+        Ok(Done::Relayed { status, .. } | Done::Aborted { status }) => *status,
+        Ok(Done::Local) => 200,
+        Err((e, _)) => e.status(),
+    };
+    let tally = acct.tally();
+    let rec = UsageRecord {
+        request_id: rid_str.to_string(),
+        key_id: None,
+        tenant: None,
+        requested_model: log.model.clone(),
+        served_model: served,
+        upstream,
+        prompt_tokens: tally.prompt.0,
+        prompt_source: tally.prompt.1,
+        completion_tokens: tally.completion.0,
+        completion_source: tally.completion.1,
+        status,
+        ttfb: log.ttfb,
+        total: started.elapsed(),
+        stream,
+    };
+    w.shared.sinks.record(&rec);
+    result
 }
 
 fn prepare(
@@ -146,7 +199,7 @@ fn prepare(
     ep: Endpoint,
     rid: &[u8],
     log: &mut RouteLog,
-) -> Result<Prepared, Error> {
+) -> Result<(Prepared, Accountant), Error> {
     let bytes = body.bytes(buf);
     let info = extract(bytes).map_err(extract_error)?;
     log.model.push_str(&info.model);
@@ -161,24 +214,42 @@ fn prepare(
         ));
     };
     let idx = w.picker.borrow_mut().pick(table, route_id);
-    let target = &table.route(route_id).targets[idx];
+    let route = table.route(route_id);
+    let target = &route.targets[idx];
     let up = &w.shared.upstreams[target.upstream as usize];
     log.upstream = Some(up.cfg.name.clone());
     // The name sent upstream: the target's rewrite, else the route's own
     // name for exact routes (so aliases reach the provider under the real
     // name), else what the client asked for (globs pass names through).
-    let route = table.route(route_id);
     let served: Arc<str> = match (&target.model, route.is_glob) {
         (Some(m), _) => m.clone(),
         (None, false) => route.name.clone(),
         (None, true) => Arc::from(info.model.as_ref()),
     };
     let token = (*served != *info.model).then(|| json_string(&served));
-    let parts = splice(
-        bytes,
-        info.model_span.clone(),
-        token.as_deref().map(str::as_bytes),
-    );
+    let mut edits: Vec<Edit<'_>> = Vec::with_capacity(2);
+    if let Some(t) = &token {
+        edits.push(Edit {
+            range: info.model_span.clone(),
+            with: t.as_bytes(),
+        });
+    }
+    let stream = info.stream && ep != Endpoint::Embeddings;
+    let plan = if stream && up.cfg.stream_usage {
+        stream_usage(bytes, &info)
+    } else {
+        StreamUsage {
+            client_asked: false,
+            edit: None,
+        }
+    };
+    if let Some((range, with)) = &plan.edit {
+        edits.push(Edit {
+            range: range.clone(),
+            with,
+        });
+    }
+    let parts = splice(bytes, &mut edits);
     let mut request = Vec::new();
     build(
         &mut request,
@@ -187,15 +258,62 @@ fn prepare(
             buf,
             head,
             endpoint: ep.suffix(),
-            body: parts,
+            body: &parts,
             request_id: rid,
         },
     );
-    Ok(Prepared {
-        upstream: target.upstream,
-        request,
-        served,
-    })
+    let enc = tokens_for(route, &served);
+    let prompt_estimate = enc.and_then(|e| prompt_tokens(ep, e, bytes));
+    let acct = Accountant::new(
+        enc,
+        stream,
+        prompt_estimate,
+        ep == Endpoint::ChatCompletions,
+        Arc::from(String::from_utf8_lossy(rid).as_ref()),
+        served.clone(),
+    );
+    Ok((
+        Prepared {
+            upstream: target.upstream,
+            request,
+            served,
+            stream,
+            strip_usage: plan.edit.is_some() && !plan.client_asked,
+            add_usage: plan.client_asked,
+        },
+        acct,
+    ))
+}
+
+/// The encoding that counts tokens for a route's served model.
+fn tokens_for(route: &crate::route::Route, served: &str) -> Option<Encoding> {
+    let _ = route;
+    Some(Encoding::for_model(served))
+}
+
+/// Prompt tokens of a request body, before forwarding.
+fn prompt_tokens(ep: Endpoint, enc: Encoding, body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let n = match ep {
+        Endpoint::ChatCompletions => enc.chat_prompt(v.get("messages")?.as_array()?),
+        Endpoint::Completions | Endpoint::Embeddings => {
+            let key = if ep == Endpoint::Completions {
+                "prompt"
+            } else {
+                "input"
+            };
+            match v.get(key)? {
+                serde_json::Value::String(s) => enc.count(s),
+                serde_json::Value::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .map(|s| enc.count(s))
+                    .sum(),
+                _ => return None,
+            }
+        }
+    };
+    Some(n as u64)
 }
 
 fn extract_error(e: ExtractError) -> Error {
@@ -208,293 +326,4 @@ fn extract_error(e: ExtractError) -> Error {
         ExtractError::DuplicateModel => Kind::DuplicateModel,
     };
     Error::msg(kind, e.to_string())
-}
-
-/// Largest upstream response head accepted.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Upstream read buffer size.
-const READ_BUF: usize = 16 * 1024;
-/// Pooled connections tried before insisting on a new one.
-const STALE_RETRIES: u32 = 3;
-
-enum HeadError {
-    /// The connection closed or reset before any response byte.
-    ClosedEarly(Error),
-    /// Any other failure.
-    Fail(Error),
-}
-
-async fn relay(
-    w: &Worker,
-    wr: &mut ClientOut,
-    p: Prepared,
-    client_minor: u8,
-    close_after: bool,
-    rid: &[u8],
-    log: &mut RouteLog,
-) -> Handled {
-    let up = &w.shared.upstreams[p.upstream as usize];
-    let cfg = &up.cfg;
-    let started = Instant::now();
-    let mut request = p.request;
-    let mut stale = 0;
-    let (mut conn, mut buf, head) = loop {
-        let pooled = if stale < STALE_RETRIES {
-            w.pool.borrow_mut().take(p.upstream, cfg.idle_timeout)
-        } else {
-            None
-        };
-        let reused = pooled.is_some();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => UpConn::connect(up).await.map_err(|e| (e, false))?,
-        };
-        let (res, back) = conn.write_all(request).await;
-        request = back;
-        if let Err(e) = res {
-            if reused {
-                stale += 1;
-                continue;
-            }
-            return Err((upstream_io(up.cfg.name.as_ref(), "write failed", &e), false));
-        }
-        match read_head(&mut conn, cfg.response_timeout, &up.cfg.name).await {
-            Ok((buf, head)) => break (conn, buf, head),
-            Err(HeadError::ClosedEarly(_)) if reused => stale += 1,
-            Err(HeadError::ClosedEarly(e) | HeadError::Fail(e)) => return Err((e, false)),
-        }
-    };
-    log.ttfb = Some(started.elapsed());
-    let status = head.status;
-
-    let mut out = Vec::with_capacity(1024 + buf.len());
-    let route: [(&[u8], &[u8]); 2] = [
-        (b"x-tollgate-upstream", cfg.name.as_bytes()),
-        (b"x-tollgate-model", p.served.as_bytes()),
-    ];
-    let added = Added {
-        request_id: rid,
-        route: if w.cfg().server.expose_route_headers {
-            &route
-        } else {
-            &[]
-        },
-        close: close_after,
-    };
-    let framing = response::client_head(&mut out, &buf, &head, client_minor, &added);
-    let mut body = BodyState::new(head.framing, framing);
-    let fed = match body.feed(&buf[head.len..], &mut out) {
-        Ok(f) => f,
-        Err(_) => return Ok(Done::Aborted { status }),
-    };
-    let mut extra = fed.extra;
-    let mut complete = fed.done;
-    let (res, back) = wr.write_all(out).await;
-    out = back;
-    if res.is_err() {
-        return Ok(Done::Aborted { status: 499 });
-    }
-    while !complete {
-        buf.clear();
-        let read = monoio::time::timeout(cfg.read_timeout, conn.read_more(buf)).await;
-        let n = match read {
-            Ok((Ok(n), b)) => {
-                buf = b;
-                n
-            }
-            Ok((Err(_), _)) | Err(_) => return Ok(Done::Aborted { status }),
-        };
-        if n == 0 {
-            if head.framing == Framing::Close {
-                break;
-            }
-            // Upstream closed before the end of its body: the client sees
-            // a truncated (and, if chunked, unterminated) body.
-            return Ok(Done::Aborted { status });
-        }
-        out.clear();
-        let fed = match body.feed(&buf, &mut out) {
-            Ok(f) => f,
-            Err(_) => return Ok(Done::Aborted { status }),
-        };
-        extra |= fed.extra;
-        complete = fed.done;
-        let res = if framing == ClientFraming::Dechunk {
-            let (res, back) = wr.write_all(out).await;
-            out = back;
-            res
-        } else {
-            buf.truncate(fed.forward);
-            let (res, back) = wr.write_all(buf).await;
-            buf = back;
-            res
-        };
-        if res.is_err() {
-            return Ok(Done::Aborted { status: 499 });
-        }
-    }
-    if head.keep_alive && !extra && head.framing != Framing::Close {
-        w.pool.borrow_mut().put(p.upstream, conn, cfg.max_idle);
-    }
-    Ok(Done::Relayed {
-        status,
-        close: close_after || framing != ClientFraming::Passthrough,
-    })
-}
-
-async fn read_head(
-    conn: &mut UpConn,
-    timeout: Duration,
-    name: &str,
-) -> Result<(Vec<u8>, ResponseHead), HeadError> {
-    let work = async {
-        let mut buf = Vec::with_capacity(READ_BUF);
-        loop {
-            let (res, b) = conn.read_more(buf).await;
-            buf = b;
-            match res {
-                Ok(0) if buf.is_empty() => {
-                    return Err(HeadError::ClosedEarly(Error::msg(
-                        Kind::UpstreamProtocol,
-                        format!("upstream `{name}` closed the connection without a response"),
-                    )));
-                }
-                Ok(0) => {
-                    return Err(HeadError::Fail(Error::msg(
-                        Kind::UpstreamProtocol,
-                        format!("upstream `{name}` closed the connection inside the response head"),
-                    )));
-                }
-                Ok(_) => {}
-                Err(e) if buf.is_empty() => {
-                    return Err(HeadError::ClosedEarly(upstream_io(name, "read failed", &e)));
-                }
-                Err(e) => return Err(HeadError::Fail(upstream_io(name, "read failed", &e))),
-            }
-            loop {
-                match response::parse(&buf) {
-                    Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
-                        // Interim response (100 Continue, 103 Early Hints): skip.
-                        buf.drain(..h.len);
-                    }
-                    Ok(Some(h)) => return Ok((buf, h)),
-                    Ok(None) => break,
-                    Err(e) => return Err(HeadError::Fail(e)),
-                }
-            }
-            if buf.len() > MAX_RESPONSE_HEAD {
-                return Err(HeadError::Fail(Error::msg(
-                    Kind::UpstreamProtocol,
-                    format!(
-                        "upstream `{name}` sent a response head over {MAX_RESPONSE_HEAD} bytes"
-                    ),
-                )));
-            }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(READ_BUF);
-            }
-        }
-    };
-    match monoio::time::timeout(timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(HeadError::Fail(Error::msg(
-            Kind::UpstreamTimeout,
-            format!("upstream `{name}` sent no response within {timeout:?}"),
-        ))),
-    }
-}
-
-fn upstream_io(name: &str, what: &str, e: &std::io::Error) -> Error {
-    Error::msg(
-        Kind::UpstreamProtocol,
-        format!("upstream `{name}`: {what}: {e}"),
-    )
-}
-
-/// Tracks where the upstream body ends.
-struct BodyState {
-    framing: Framing,
-    client: ClientFraming,
-    remaining: u64,
-    chunked: ChunkedDecoder,
-}
-
-/// Result of feeding one read.
-struct Fed {
-    /// Bytes of the input to forward as they are (passthrough modes).
-    forward: usize,
-    /// The body is complete.
-    done: bool,
-    /// The input held bytes past the end of the body.
-    extra: bool,
-}
-
-impl BodyState {
-    fn new(framing: Framing, client: ClientFraming) -> Self {
-        BodyState {
-            framing,
-            client,
-            remaining: match framing {
-                Framing::Length(n) => n,
-                _ => 0,
-            },
-            chunked: ChunkedDecoder::new(),
-        }
-    }
-
-    /// Feeds bytes read from upstream. In passthrough modes, the first
-    /// `forward` bytes of `input` are to be sent as they are, and on the
-    /// first call (when `out` holds the head) they are appended to `out`;
-    /// in dechunk mode the payload is appended to `out`.
-    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<Fed, Error> {
-        let head_pending = !out.is_empty();
-        let fed = match self.framing {
-            Framing::Empty => Fed {
-                forward: 0,
-                done: true,
-                extra: !input.is_empty(),
-            },
-            Framing::Length(_) => {
-                let take = (input.len() as u64).min(self.remaining) as usize;
-                self.remaining -= take as u64;
-                Fed {
-                    forward: take,
-                    done: self.remaining == 0,
-                    extra: take < input.len(),
-                }
-            }
-            Framing::Close => Fed {
-                forward: input.len(),
-                done: false,
-                extra: false,
-            },
-            Framing::Chunked => {
-                let dechunk = self.client == ClientFraming::Dechunk;
-                let used = self
-                    .chunked
-                    .feed(input, |d| {
-                        if dechunk {
-                            out.extend_from_slice(d);
-                        }
-                    })
-                    .map_err(|e| Error::msg(Kind::UpstreamProtocol, e.to_string()))?;
-                if dechunk {
-                    return Ok(Fed {
-                        forward: 0,
-                        done: self.chunked.is_done(),
-                        extra: used < input.len(),
-                    });
-                }
-                Fed {
-                    forward: used,
-                    done: self.chunked.is_done(),
-                    extra: used < input.len(),
-                }
-            }
-        };
-        if head_pending {
-            out.extend_from_slice(&input[..fed.forward]);
-        }
-        Ok(fed)
-    }
 }

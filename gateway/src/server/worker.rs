@@ -22,8 +22,12 @@ pub struct Shared {
     pub upstreams: Vec<Arc<UpstreamRuntime>>,
     /// Pre-rendered `GET /v1/models` body.
     pub models_json: Vec<u8>,
-    /// Route header values per upstream: its name.
+    /// Process start, for `/status`.
     pub started: Instant,
+    /// Where usage records go.
+    pub sinks: crate::usage::Sinks,
+    /// Token totals (also one of the sinks), rendered at `/metrics`.
+    pub token_metrics: Arc<crate::usage::TokenMetrics>,
 }
 
 /// Per-worker state, owned by the worker thread.

@@ -15,7 +15,7 @@ pub struct Forward<'a> {
     /// Endpoint path below the API prefix, e.g. `/chat/completions`.
     pub endpoint: &'a [u8],
     /// The body to send, as slices to concatenate (see `route::rewrite`).
-    pub body: [&'a [u8]; 3],
+    pub body: &'a [&'a [u8]],
     /// Request id, echoed upstream for correlation.
     pub request_id: &'a [u8],
 }

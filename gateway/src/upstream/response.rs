@@ -138,6 +138,8 @@ pub enum ClientFraming {
     Dechunk,
     /// Close-delimited; the connection closes at the end.
     Close,
+    /// The gateway frames the (rewritten) payload in its own chunks.
+    Rechunk,
 }
 
 /// Extra fields the gateway adds to a proxied response.
@@ -148,6 +150,8 @@ pub struct Added<'a> {
     pub route: &'a [(&'a [u8], &'a [u8])],
     /// The client connection ends after this response.
     pub close: bool,
+    /// The body will be rewritten: drop the upstream length/framing.
+    pub rechunk: bool,
 }
 
 /// Writes the client's response head; returns how the body is framed.
@@ -158,9 +162,11 @@ pub fn client_head(
     client_minor: u8,
     added: &Added<'_>,
 ) -> ClientFraming {
-    let framing = match head.framing {
-        Framing::Chunked if client_minor == 0 => ClientFraming::Dechunk,
-        Framing::Close => ClientFraming::Close,
+    let framing = match (head.framing, client_minor, added.rechunk) {
+        (Framing::Empty, _, _) => ClientFraming::Passthrough,
+        (_, 0, true) | (Framing::Chunked, 0, false) => ClientFraming::Dechunk,
+        (_, _, true) => ClientFraming::Rechunk,
+        (Framing::Close, _, false) => ClientFraming::Close,
         _ => ClientFraming::Passthrough,
     };
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -182,7 +188,8 @@ pub fn client_head(
         header(out, name, &buf[v.clone()]);
     }
     match (head.framing, framing) {
-        (Framing::Length(n), _) => {
+        (_, ClientFraming::Rechunk) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        (Framing::Length(n), ClientFraming::Passthrough) => {
             out.extend_from_slice(b"content-length: ");
             push_u64(out, n);
             out.extend_from_slice(b"\r\n");
@@ -199,7 +206,7 @@ pub fn client_head(
     for (n, v) in added.route {
         header(out, n, v);
     }
-    if added.close || framing != ClientFraming::Passthrough {
+    if added.close || matches!(framing, ClientFraming::Dechunk | ClientFraming::Close) {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");

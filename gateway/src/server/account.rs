@@ -1,0 +1,341 @@
+//! Per-request token accounting on the response path.
+//!
+//! The accountant looks at the payload the relay forwards: for streams it
+//! runs the SSE scanner and decoder over it (collecting the generated text
+//! and the provider's `usage`), for other responses it keeps the (bounded)
+//! body to read `usage` at the end. When the provider's usage is missing
+//! (cut stream, client gone, provider without usage) it counts the text
+//! with the model's encoder and marks the numbers estimated.
+//!
+//! It also owns the one case where the relay does not forward bytes as
+//! they are (`Rewrite`): when the gateway turned on
+//! `stream_options.include_usage` for a client that did not ask, the
+//! usage-only chunk is dropped; when the client asked and the provider sent
+//! none, an estimated usage chunk is added before `[DONE]`. In that mode
+//! whole events are forwarded as soon as they are complete; bytes of an
+//! incomplete event wait for its end (an SSE client cannot act on them
+//! before anyway).
+//!
+//! State lives outside the relay future, so when the client leaves and the
+//! relay is dropped, what was produced so far is still billed.
+
+use std::sync::Arc;
+
+use crate::sse::{Decoded, Scanner, Usage, decode};
+use crate::tokens::Encoding;
+use crate::usage::Source;
+
+/// Carry-over cap for one SSE event split across reads.
+const MAX_EVENT: usize = 1024 * 1024;
+/// Generated text kept for estimation.
+const MAX_TEXT: usize = 16 * 1024 * 1024;
+/// Non-streaming body kept to read `usage`.
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// How the stream is changed on its way to the client.
+struct Rewrite {
+    /// Drop the usage-only chunk (the gateway asked for it, not the client).
+    strip_usage: bool,
+    /// Add an estimated usage chunk before `[DONE]` if none came.
+    add_usage: bool,
+    /// Payload not yet forwarded, starting at absolute offset `base`.
+    pending: Vec<u8>,
+    base: u64,
+    /// Absolute offset up to which bytes were forwarded or dropped.
+    done_to: u64,
+}
+
+/// What the accountant concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Prompt tokens and their source.
+    pub prompt: (u64, Source),
+    /// Completion tokens and their source.
+    pub completion: (u64, Source),
+}
+
+/// The accountant of one request.
+pub struct Accountant {
+    enc: Option<Encoding>,
+    stream: bool,
+    prompt_estimate: Option<u64>,
+    scanner: Option<Scanner>,
+    text: String,
+    usage: Option<Usage>,
+    saw_done: bool,
+    body: Vec<u8>,
+    body_over: bool,
+    rewrite: Option<Rewrite>,
+    /// Upstream status, once known.
+    status: Option<u16>,
+    /// For a synthesised usage chunk.
+    chunk_object: &'static str,
+    request_id: Arc<str>,
+    served: Arc<str>,
+}
+
+impl Accountant {
+    /// An accountant for a request.
+    pub fn new(
+        enc: Option<Encoding>,
+        stream: bool,
+        prompt_estimate: Option<u64>,
+        chat: bool,
+        request_id: Arc<str>,
+        served: Arc<str>,
+    ) -> Self {
+        Accountant {
+            enc,
+            stream,
+            prompt_estimate,
+            scanner: None,
+            text: String::new(),
+            usage: None,
+            saw_done: false,
+            body: Vec::new(),
+            body_over: false,
+            rewrite: None,
+            status: None,
+            chunk_object: if chat {
+                "chat.completion.chunk"
+            } else {
+                "text_completion"
+            },
+            request_id,
+            served,
+        }
+    }
+
+    /// The prompt estimate made before forwarding.
+    pub fn prompt_estimate(&self) -> Option<u64> {
+        self.prompt_estimate
+    }
+
+    /// Called with the upstream status before any payload. `strip_usage`
+    /// and `add_usage` come from the request plan; they only apply to a
+    /// successful stream. Returns whether the stream will be rewritten.
+    pub fn start(&mut self, status: u16, strip_usage: bool, add_usage: bool) -> bool {
+        self.status = Some(status);
+        let ok = (200..300).contains(&status);
+        if self.stream && ok {
+            self.scanner = Some(Scanner::new(MAX_EVENT));
+            if strip_usage || add_usage {
+                self.rewrite = Some(Rewrite {
+                    strip_usage,
+                    add_usage,
+                    pending: Vec::new(),
+                    base: 0,
+                    done_to: 0,
+                });
+            }
+        }
+        self.rewrite.is_some()
+    }
+
+    /// Looks at the next payload bytes. In rewrite mode the bytes to send
+    /// are appended to `fwd`; otherwise `fwd` (when given) gets `p` as is.
+    pub fn payload(&mut self, p: &[u8], fwd: Option<&mut Vec<u8>>) {
+        let Some(scanner) = self.scanner.as_mut() else {
+            if let Some(f) = fwd {
+                f.extend_from_slice(p);
+            }
+            if !self.stream && !self.body_over {
+                if self.body.len() + p.len() > MAX_BODY {
+                    self.body_over = true;
+                    self.body = Vec::new();
+                } else {
+                    self.body.extend_from_slice(p);
+                }
+            }
+            return;
+        };
+        let text = &mut self.text;
+        let usage = &mut self.usage;
+        let saw_done = &mut self.saw_done;
+        match self.rewrite.as_mut() {
+            None => {
+                if let Some(f) = fwd {
+                    f.extend_from_slice(p);
+                }
+                scanner.feed(p, |ev| {
+                    let d = decode(&ev.data, |t| push_text(text, t));
+                    note(&d, usage, saw_done);
+                });
+            }
+            Some(rw) => {
+                rw.pending.extend_from_slice(p);
+                let mut out = Vec::new();
+                let enc = self.enc;
+                let prompt = self.prompt_estimate.unwrap_or(0);
+                let (rid, served, object) = (&*self.request_id, &*self.served, self.chunk_object);
+                scanner.feed(p, |ev| {
+                    let d = decode(&ev.data, |t| push_text(text, t));
+                    let drop_it = rw.strip_usage && d.usage_only;
+                    let add_before = rw.add_usage && d.done && usage.is_none();
+                    note(&d, usage, saw_done);
+                    let rel =
+                        |abs: u64| (abs.saturating_sub(rw.base) as usize).min(rw.pending.len());
+                    let from = rel(rw.done_to);
+                    if drop_it {
+                        out.extend_from_slice(&rw.pending[from..rel(ev.start)]);
+                    } else if add_before {
+                        out.extend_from_slice(&rw.pending[from..rel(ev.start)]);
+                        let completion = enc.map_or(0, |e| e.count(text) as u64);
+                        out.extend_from_slice(&usage_event(
+                            rid, served, object, prompt, completion,
+                        ));
+                        out.extend_from_slice(&rw.pending[rel(ev.start)..rel(ev.end)]);
+                    } else {
+                        out.extend_from_slice(&rw.pending[from..rel(ev.end)]);
+                    }
+                    rw.done_to = ev.end;
+                });
+                let consumed =
+                    ((rw.done_to.saturating_sub(rw.base)) as usize).min(rw.pending.len());
+                rw.pending.drain(..consumed);
+                rw.base += consumed as u64;
+                if let Some(f) = fwd {
+                    f.extend_from_slice(&out);
+                }
+            }
+        }
+    }
+
+    /// End of the upstream body: dispatches a last unterminated event and,
+    /// in rewrite mode, appends whatever is still pending to `fwd`.
+    pub fn end(&mut self, fwd: Option<&mut Vec<u8>>) {
+        let Some(scanner) = self.scanner.as_mut() else {
+            return;
+        };
+        let text = &mut self.text;
+        let usage = &mut self.usage;
+        let saw_done = &mut self.saw_done;
+        scanner.finish(|ev| {
+            let d = decode(&ev.data, |t| push_text(text, t));
+            note(&d, usage, saw_done);
+        });
+        if let (Some(rw), Some(f)) = (self.rewrite.as_mut(), fwd) {
+            f.extend_from_slice(&rw.pending);
+            rw.pending.clear();
+        }
+    }
+
+    /// The numbers for the usage record.
+    pub fn tally(&self) -> Tally {
+        let ok = self.status.is_some_and(|s| (200..300).contains(&s));
+        if !ok {
+            // The provider answered with an error (or never answered): it
+            // bills nothing.
+            return Tally {
+                prompt: (0, Source::Provider),
+                completion: (0, Source::Provider),
+            };
+        }
+        let usage = if self.stream {
+            self.usage
+        } else {
+            body_usage(&self.body)
+        };
+        if let Some(u) = usage {
+            return Tally {
+                prompt: (u.prompt, Source::Provider),
+                completion: (u.completion, Source::Provider),
+            };
+        }
+        let completion = match self.enc {
+            Some(e) if self.stream => e.count(&self.text) as u64,
+            Some(e) => body_text(&self.body).map_or(0, |t| e.count(&t) as u64),
+            None => 0,
+        };
+        Tally {
+            prompt: (self.prompt_estimate.unwrap_or(0), Source::Estimated),
+            completion: (completion, Source::Estimated),
+        }
+    }
+}
+
+/// Appends generated text, up to the estimation cap.
+fn push_text(text: &mut String, t: &str) {
+    if text.len() + t.len() <= MAX_TEXT {
+        text.push_str(t);
+    }
+}
+
+fn note(d: &Decoded, usage: &mut Option<Usage>, saw_done: &mut bool) {
+    if let Some(u) = d.usage {
+        *usage = Some(u);
+    }
+    if d.done {
+        *saw_done = true;
+    }
+}
+
+/// An SSE event with the gateway's usage estimate, shaped like the
+/// provider's usage-only chunk.
+fn usage_event(rid: &str, served: &str, object: &str, prompt: u64, completion: u64) -> Vec<u8> {
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let v = serde_json::json!({
+        "id": rid,
+        "object": object,
+        "created": created,
+        "model": served,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+        "x_tollgate_usage_source": "estimated",
+    });
+    format!("data: {v}\n\n").into_bytes()
+}
+
+#[derive(serde::Deserialize)]
+struct BodyUsage {
+    usage: Option<UsageFields>,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageFields {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+/// `usage` of a non-streaming JSON response.
+fn body_usage(body: &[u8]) -> Option<Usage> {
+    let b: BodyUsage = serde_json::from_slice(body).ok()?;
+    b.usage.map(|u| Usage {
+        prompt: u.prompt_tokens,
+        completion: u.completion_tokens,
+    })
+}
+
+/// The generated text of a non-streaming response (message content,
+/// refusal, tool-call arguments, legacy `text`), for estimation.
+fn body_text(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut out = String::new();
+    for c in v.get("choices")?.as_array()? {
+        if let Some(t) = c.get("text").and_then(|t| t.as_str()) {
+            out.push_str(t);
+        }
+        let Some(m) = c.get("message") else { continue };
+        for k in ["content", "refusal"] {
+            if let Some(t) = m.get(k).and_then(|t| t.as_str()) {
+                out.push_str(t);
+            }
+        }
+        if let Some(calls) = m.get("tool_calls").and_then(|t| t.as_array()) {
+            for call in calls {
+                if let Some(a) = call.pointer("/function/arguments").and_then(|a| a.as_str()) {
+                    out.push_str(a);
+                }
+            }
+        }
+    }
+    Some(out)
+}

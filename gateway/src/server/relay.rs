@@ -1,0 +1,395 @@
+//! The response side of a proxied request: get an upstream connection,
+//! send the request, relay the answer.
+//!
+//! Invariants:
+//! - Every upstream read is written to the client before the next read:
+//!   no buffering, so SSE events reach the client with no added delay. The
+//!   one exception is the rewrite mode of the accountant (see
+//!   `account.rs`), which holds the bytes of an event until it is complete.
+//! - In the normal (raw) mode the client gets the upstream bytes as they
+//!   are, chunk framing included; the accountant only looks at the payload.
+//! - An upstream connection is pooled only after a response that ended
+//!   exactly at its framing boundary with keep-alive allowed.
+//! - A pooled connection that fails before any response byte (the server
+//!   closed it while idle) is retried on another connection; nothing was
+//!   processed upstream in that case.
+
+use std::time::{Duration, Instant};
+
+use monoio::io::AsyncWriteRentExt;
+
+use super::account::Accountant;
+use super::conn::ClientOut;
+use super::proxy::{Done, Handled, Prepared, RouteLog};
+use super::worker::Worker;
+use crate::error::{Error, Kind};
+use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, encode_chunk};
+use crate::http::response::push_u64;
+use crate::upstream::UpConn;
+use crate::upstream::response::{self, Added, ClientFraming, Framing, ResponseHead};
+
+/// Largest upstream response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Upstream read buffer size.
+const READ_BUF: usize = 16 * 1024;
+/// Pooled connections tried before insisting on a new one.
+const STALE_RETRIES: u32 = 3;
+
+enum HeadError {
+    /// The connection closed or reset before any response byte.
+    ClosedEarly(Error),
+    /// Any other failure.
+    Fail(Error),
+}
+
+/// How body bytes reach the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Emit {
+    /// Upstream bytes as they are.
+    Raw,
+    /// The payload (as the accountant passes it on), chunk-framed by the
+    /// gateway when `chunked`, else raw until close.
+    Payload { chunked: bool },
+}
+
+/// Sends the request and relays the response.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay(
+    w: &Worker,
+    wr: &mut ClientOut,
+    p: Prepared,
+    client_minor: u8,
+    close_after: bool,
+    rid: &[u8],
+    log: &mut RouteLog,
+    acct: &mut Accountant,
+) -> Handled {
+    let up = &w.shared.upstreams[p.upstream as usize];
+    let cfg = &up.cfg;
+    let started = Instant::now();
+    let mut request = p.request;
+    let mut stale = 0;
+    let (mut conn, mut buf, head) = loop {
+        let pooled = if stale < STALE_RETRIES {
+            w.pool.borrow_mut().take(p.upstream, cfg.idle_timeout)
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => UpConn::connect(up).await.map_err(|e| (e, false))?,
+        };
+        let (res, back) = conn.write_all(request).await;
+        request = back;
+        if let Err(e) = res {
+            if reused {
+                stale += 1;
+                continue;
+            }
+            return Err((upstream_io(up.cfg.name.as_ref(), "write failed", &e), false));
+        }
+        match read_head(&mut conn, cfg.response_timeout, &up.cfg.name).await {
+            Ok((buf, head)) => break (conn, buf, head),
+            Err(HeadError::ClosedEarly(_)) if reused => stale += 1,
+            Err(HeadError::ClosedEarly(e) | HeadError::Fail(e)) => return Err((e, false)),
+        }
+    };
+    log.ttfb = Some(started.elapsed());
+    let status = head.status;
+    let rewrite = acct.start(status, p.strip_usage, p.add_usage);
+
+    let mut out = Vec::with_capacity(1024 + buf.len());
+    let mut prompt_value = Vec::new();
+    if let Some(n) = acct.prompt_estimate() {
+        push_u64(&mut prompt_value, n);
+    }
+    let mut added_headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(3);
+    if w.cfg().server.expose_route_headers {
+        added_headers.push((b"x-tollgate-upstream", cfg.name.as_bytes()));
+        added_headers.push((b"x-tollgate-model", p.served.as_bytes()));
+    }
+    if !prompt_value.is_empty() {
+        added_headers.push((b"x-tollgate-prompt-tokens", &prompt_value));
+    }
+    let added = Added {
+        request_id: rid,
+        route: &added_headers,
+        close: close_after,
+        rechunk: rewrite,
+    };
+    let framing = response::client_head(&mut out, &buf, &head, client_minor, &added);
+    let emit = match framing {
+        ClientFraming::Passthrough | ClientFraming::Close => Emit::Raw,
+        ClientFraming::Dechunk => Emit::Payload { chunked: false },
+        ClientFraming::Rechunk => Emit::Payload { chunked: true },
+    };
+    let mut body = BodyState::new(head.framing);
+    let mut pay = Vec::new();
+    let fed = match feed(&mut body, acct, emit, &buf[head.len..], &mut pay) {
+        Ok(f) => f,
+        Err(_) => return Ok(Done::Aborted { status }),
+    };
+    match emit {
+        Emit::Raw => out.extend_from_slice(&buf[head.len..head.len + fed.forward]),
+        Emit::Payload { chunked } => {
+            if fed.done {
+                acct.end(Some(&mut pay));
+            }
+            push_payload(&mut out, &pay, chunked, fed.done);
+        }
+    }
+    if fed.done && emit == Emit::Raw {
+        acct.end(None);
+    }
+    let mut extra = fed.extra;
+    let mut complete = fed.done;
+    let (res, back) = wr.write_all(out).await;
+    out = back;
+    if res.is_err() {
+        return Ok(Done::Aborted { status: 499 });
+    }
+    while !complete {
+        buf.clear();
+        let read = monoio::time::timeout(cfg.read_timeout, conn.read_more(buf)).await;
+        let n = match read {
+            Ok((Ok(n), b)) => {
+                buf = b;
+                n
+            }
+            Ok((Err(_), _)) | Err(_) => return Ok(Done::Aborted { status }),
+        };
+        out.clear();
+        pay.clear();
+        if n == 0 {
+            if head.framing != Framing::Close {
+                // Upstream closed before the end of its body: the client
+                // sees a truncated (and, if chunked, unterminated) body.
+                return Ok(Done::Aborted { status });
+            }
+            // Close-delimited body: EOF is its end.
+            match emit {
+                Emit::Raw => acct.end(None),
+                Emit::Payload { chunked } => {
+                    acct.end(Some(&mut pay));
+                    push_payload(&mut out, &pay, chunked, true);
+                    if wr.write_all(out).await.0.is_err() {
+                        return Ok(Done::Aborted { status: 499 });
+                    }
+                }
+            }
+            break;
+        }
+        let fed = match feed(&mut body, acct, emit, &buf, &mut pay) {
+            Ok(f) => f,
+            Err(_) => return Ok(Done::Aborted { status }),
+        };
+        extra |= fed.extra;
+        complete = fed.done;
+        let res = match emit {
+            Emit::Raw => {
+                if fed.done {
+                    acct.end(None);
+                }
+                buf.truncate(fed.forward);
+                let (res, back) = wr.write_all(buf).await;
+                buf = back;
+                res
+            }
+            Emit::Payload { chunked } => {
+                if fed.done {
+                    acct.end(Some(&mut pay));
+                }
+                if pay.is_empty() && !fed.done {
+                    continue;
+                }
+                push_payload(&mut out, &pay, chunked, fed.done);
+                let (res, back) = wr.write_all(out).await;
+                out = back;
+                res
+            }
+        };
+        if res.is_err() {
+            return Ok(Done::Aborted { status: 499 });
+        }
+    }
+    if head.keep_alive && !extra && head.framing != Framing::Close {
+        w.pool.borrow_mut().put(p.upstream, conn, cfg.max_idle);
+    }
+    Ok(Done::Relayed {
+        status,
+        close: close_after || framing == ClientFraming::Dechunk || framing == ClientFraming::Close,
+    })
+}
+
+/// Feeds one read to the framing tracker, passing payload to the
+/// accountant (and, in payload mode, collecting what to send in `pay`).
+fn feed(
+    body: &mut BodyState,
+    acct: &mut Accountant,
+    emit: Emit,
+    input: &[u8],
+    pay: &mut Vec<u8>,
+) -> Result<Fed, Error> {
+    match emit {
+        Emit::Raw => body.feed(input, |p| acct.payload(p, None)),
+        Emit::Payload { .. } => body.feed(input, |p| acct.payload(p, Some(pay))),
+    }
+}
+
+/// Appends payload bytes for the client, as one chunk when `chunked`, and
+/// the last-chunk marker when the body is complete.
+fn push_payload(out: &mut Vec<u8>, pay: &[u8], chunked: bool, done: bool) {
+    if chunked {
+        encode_chunk(out, pay);
+        if done {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+    } else {
+        out.extend_from_slice(pay);
+    }
+}
+
+async fn read_head(
+    conn: &mut UpConn,
+    timeout: Duration,
+    name: &str,
+) -> Result<(Vec<u8>, ResponseHead), HeadError> {
+    let work = async {
+        let mut buf = Vec::with_capacity(READ_BUF);
+        loop {
+            let (res, b) = conn.read_more(buf).await;
+            buf = b;
+            match res {
+                Ok(0) if buf.is_empty() => {
+                    return Err(HeadError::ClosedEarly(Error::msg(
+                        Kind::UpstreamProtocol,
+                        format!("upstream `{name}` closed the connection without a response"),
+                    )));
+                }
+                Ok(0) => {
+                    return Err(HeadError::Fail(Error::msg(
+                        Kind::UpstreamProtocol,
+                        format!("upstream `{name}` closed the connection inside the response head"),
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if buf.is_empty() => {
+                    return Err(HeadError::ClosedEarly(upstream_io(name, "read failed", &e)));
+                }
+                Err(e) => return Err(HeadError::Fail(upstream_io(name, "read failed", &e))),
+            }
+            loop {
+                match response::parse(&buf) {
+                    Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                        // Interim response (100 Continue, 103 Early Hints): skip.
+                        buf.drain(..h.len);
+                    }
+                    Ok(Some(h)) => return Ok((buf, h)),
+                    Ok(None) => break,
+                    Err(e) => return Err(HeadError::Fail(e)),
+                }
+            }
+            if buf.len() > MAX_RESPONSE_HEAD {
+                return Err(HeadError::Fail(Error::msg(
+                    Kind::UpstreamProtocol,
+                    format!(
+                        "upstream `{name}` sent a response head over {MAX_RESPONSE_HEAD} bytes"
+                    ),
+                )));
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_BUF);
+            }
+        }
+    };
+    match monoio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(HeadError::Fail(Error::msg(
+            Kind::UpstreamTimeout,
+            format!("upstream `{name}` sent no response within {timeout:?}"),
+        ))),
+    }
+}
+
+fn upstream_io(name: &str, what: &str, e: &std::io::Error) -> Error {
+    Error::msg(
+        Kind::UpstreamProtocol,
+        format!("upstream `{name}`: {what}: {e}"),
+    )
+}
+
+/// Tracks where the upstream body ends and hands out its payload.
+struct BodyState {
+    framing: Framing,
+    remaining: u64,
+    chunked: ChunkedDecoder,
+}
+
+/// Result of feeding one read.
+struct Fed {
+    /// Bytes of the input that belong to this body (to forward raw).
+    forward: usize,
+    /// The body is complete.
+    done: bool,
+    /// The input held bytes past the end of the body.
+    extra: bool,
+}
+
+impl BodyState {
+    fn new(framing: Framing) -> Self {
+        BodyState {
+            framing,
+            remaining: match framing {
+                Framing::Length(n) => n,
+                _ => 0,
+            },
+            chunked: ChunkedDecoder::new(),
+        }
+    }
+
+    /// Feeds bytes read from upstream; `on_payload` gets the body payload
+    /// (chunk framing removed) in order.
+    fn feed(&mut self, input: &[u8], mut on_payload: impl FnMut(&[u8])) -> Result<Fed, Error> {
+        Ok(match self.framing {
+            Framing::Empty => Fed {
+                forward: 0,
+                done: true,
+                extra: !input.is_empty(),
+            },
+            Framing::Length(_) => {
+                let take = (input.len() as u64).min(self.remaining) as usize;
+                self.remaining -= take as u64;
+                if take > 0 {
+                    on_payload(&input[..take]);
+                }
+                Fed {
+                    forward: take,
+                    done: self.remaining == 0,
+                    extra: take < input.len(),
+                }
+            }
+            Framing::Close => {
+                if !input.is_empty() {
+                    on_payload(input);
+                }
+                Fed {
+                    forward: input.len(),
+                    done: false,
+                    extra: false,
+                }
+            }
+            Framing::Chunked => {
+                let used = self
+                    .chunked
+                    .feed(input, on_payload)
+                    .map_err(|e| Error::msg(Kind::UpstreamProtocol, e.to_string()))?;
+                Fed {
+                    forward: used,
+                    done: self.chunked.is_done(),
+                    extra: used < input.len(),
+                }
+            }
+        })
+    }
+}
