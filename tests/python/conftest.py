@@ -140,6 +140,7 @@ class Gateway:
     mock_port: int
     gateway: Process
     mock: Process
+    admin_port: int = 0
 
     @property
     def base_url(self) -> str:
@@ -154,6 +155,18 @@ class Gateway:
         assert status == 200, body
         self.stats_reads += 1
         return body["requests"] - self.stats_reads
+
+    def token_total(self, model: str, kind: str, source: str) -> int:
+        """One `tollgate_tokens_total` counter from the admin `/metrics`."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        key = f'tollgate_tokens_total{{model="{model}",kind="{kind}",source="{source}"}} '
+        for line in text.splitlines():
+            if line.startswith(key):
+                return int(line[len(key):])
+        return 0
 
     def client(self, **kwargs) -> openai.OpenAI:
         return openai.OpenAI(
@@ -179,6 +192,7 @@ class Gateway:
 CONFIG = """\
 [server]
 listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
 workers = 2
 
 [log]
@@ -195,6 +209,17 @@ api_key_env = "MOCK_UPSTREAM_KEY"
 name = "trickle"
 base_url = "http://127.0.0.1:{trickle_port}/v1"
 api_key_env = "MOCK_UPSTREAM_KEY"
+
+# Every byte its own write, CRLF line endings: SSE framing and chunked
+# framing split at every possible point.
+[[upstreams]]
+name = "bytewise"
+base_url = "http://127.0.0.1:{bytewise_port}/v1"
+api_key_env = "MOCK_UPSTREAM_KEY"
+
+[[models]]
+name = "gpt-4o-bytewise"
+targets = [{{ upstream = "bytewise", model = "gpt-4o-2024-08-06" }}]
 
 [[models]]
 name = "gpt-4o"
@@ -227,10 +252,16 @@ def tollgate_bin() -> str:
 def gateway(tollgate_bin: str):
     with tempfile.TemporaryDirectory(prefix="tollgate-pytest-") as tmp:
         workdir = Path(tmp)
-        port, mock_port, trickle_port = distinct_free_ports(3)
+        port, mock_port, trickle_port, bytewise_port, admin_port = distinct_free_ports(5)
         config = workdir / "tollgate.toml"
         config.write_text(
-            CONFIG.format(port=port, mock_port=mock_port, trickle_port=trickle_port)
+            CONFIG.format(
+                port=port,
+                mock_port=mock_port,
+                trickle_port=trickle_port,
+                bytewise_port=bytewise_port,
+                admin_port=admin_port,
+            )
         )
 
         env = dict(os.environ)
@@ -263,6 +294,19 @@ def gateway(tollgate_bin: str):
                 env,
             )
             procs.append(trickle)
+            bytewise = Process(
+                "bytewise",
+                [
+                    tollgate_bin, "mock",
+                    "--listen", f"127.0.0.1:{bytewise_port}",
+                    "--api-key", UPSTREAM_KEY,
+                    "--split", "1",
+                    "--crlf",
+                ],
+                workdir,
+                env,
+            )
+            procs.append(bytewise)
             gw = Process("gateway", [tollgate_bin, "serve", "--config", str(config)], workdir, env)
             procs.append(gw)
 
@@ -270,11 +314,14 @@ def gateway(tollgate_bin: str):
             for p, url in [
                 (mock, f"http://127.0.0.1:{mock_port}/mock/stats"),
                 (trickle, f"http://127.0.0.1:{trickle_port}/mock/stats"),
+                (bytewise, f"http://127.0.0.1:{bytewise_port}/mock/stats"),
                 (gw, f"http://127.0.0.1:{port}/healthz"),
             ]:
                 wait_ready(p, url, deadline, [q for q in procs if q is not p])
 
-            yield Gateway(port=port, mock_port=mock_port, gateway=gw, mock=mock)
+            yield Gateway(
+                port=port, mock_port=mock_port, gateway=gw, mock=mock, admin_port=admin_port
+            )
 
             # A child that died mid-session is a failure even if every test passed.
             for p in procs:
