@@ -230,16 +230,7 @@ impl<'a> Scanner<'a> {
                 Some(b',') => {
                     self.pos += 1;
                     self.skip_ws();
-                    if self.peek() != Some(b'"') {
-                        return Err(self.err("expected a string key"));
-                    }
-                    self.skip_string()?;
-                    self.skip_ws();
-                    if self.peek() != Some(b':') {
-                        return Err(self.err("expected ':' after key"));
-                    }
-                    self.pos += 1;
-                    self.skip_ws();
+                    self.key_colon()?;
                     self.skip_value()?;
                 }
                 Some(b'}') => {
