@@ -245,6 +245,7 @@ mod tests {
             request_id: b"rid",
             route: &[(b"x-tollgate-upstream", b"mock")],
             close: false,
+            rechunk: false,
         };
         let f = client_head(&mut out, raw.as_bytes(), &h, 1, &added);
         let s = String::from_utf8(out).unwrap();
