@@ -72,6 +72,9 @@ pub struct Event<'a> {
     pub id: Option<Cow<'a, [u8]>>,
     /// True when the event was larger than the carry-over cap: `data` is
     /// then truncated to what fit, the stream itself is unaffected.
+    /// "Larger" counts where bytes had to be copied: an event split across
+    /// feeds (all its bytes) or multi-line data being joined; an event
+    /// wholly inside one feed with one `data` line is never truncated.
     pub oversize: bool,
 }
 
@@ -258,7 +261,9 @@ fn parse_raw<'a>(raw: &'a [u8], at_zero: bool, joined: &mut Vec<u8>, cap: usize)
 }
 
 impl Scanner {
-    /// A scanner keeping at most `max_event` bytes of one split event.
+    /// A scanner keeping at most `max_event` bytes of one split event
+    /// (and at most `max_event` bytes of joined multi-line data). Nothing
+    /// is allocated until an event needs copying.
     pub fn new(max_event: usize) -> Self {
         Scanner {
             max_event,

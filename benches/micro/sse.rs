@@ -1,0 +1,231 @@
+//! SSE scanner throughput (`tollgate::sse::Scanner`) and scanner + event
+//! decoding (`tollgate::sse::decode`) on OpenAI-like streams.
+//!
+//! - `scan/50_events_1.5KB_reads`: a realistic 50-event
+//!   `chat.completion.chunk` stream (role chunk, 46 content deltas, finish
+//!   chunk, usage-only chunk, `[DONE]`), fed in 1,500-byte reads so most
+//!   reads end inside an event and go through the carry-over.
+//! - `scan/10MB_16KB_reads`: that stream repeated to 10 MB, 16 KiB reads.
+//! - `decode/50_events`: `decode` alone on those events' data, next to
+//!   `serde_json::from_slice::<IgnoredAny>` on the same data (the floor for
+//!   any decoder built on serde_json).
+//! - `scan_decode/50_events_1.5KB_reads`: the first, plus `decode` of
+//!   every event, summing text lengths and usage.
+#![expect(
+    clippy::expect_used,
+    reason = "bench setup; a failure here is a broken bench"
+)]
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tollgate::sse::{Scanner, decode};
+
+const MAX_EVENT: usize = 1 << 20;
+
+/// Deltas as a model streams them: mostly one token (a word or a piece of
+/// one), some punctuation, newlines, non-ASCII and quotes.
+const WORDS: &[&str] = &[
+    "The",
+    " quick",
+    " brown",
+    " fox",
+    " jumps",
+    " over",
+    " the",
+    " lazy",
+    " dog",
+    ".",
+    "\n\n",
+    "In",
+    " Rust",
+    ",",
+    " `memchr`",
+    " finds",
+    " bytes",
+    " with",
+    " SIMD",
+    ";",
+    " it",
+    "’s",
+    " fast",
+    ":",
+    " \"",
+    "quoted",
+    "\"",
+    " text",
+    ",",
+    " 日本",
+    "語",
+    " and",
+    " emoji",
+    " 🚀",
+    "!\n",
+    "-",
+    " item",
+    " one",
+    "\n",
+    "-",
+    " item",
+    " two",
+    "\n",
+    "Done",
+    ".",
+    " Thanks",
+];
+
+fn chunk(delta: &str, finish: &str) -> String {
+    format!(
+        "{{\"id\":\"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG\",\"object\":\"chat.completion.chunk\",\
+         \"created\":1741569952,\"model\":\"gpt-4o-2024-08-06\",\"service_tier\":\"default\",\
+         \"system_fingerprint\":\"fp_eb9dce56a8\",\"choices\":[{{\"index\":0,\"delta\":{delta},\
+         \"logprobs\":null,\"finish_reason\":{finish}}}],\"usage\":null}}"
+    )
+}
+
+/// The 50-event stream, LF line endings as OpenAI sends them.
+fn stream_50() -> Vec<u8> {
+    let mut datas = vec![chunk(
+        r#"{"role":"assistant","content":"","refusal":null}"#,
+        "null",
+    )];
+    for w in WORDS {
+        let content = serde_json::to_string(w).expect("string");
+        datas.push(chunk(&format!("{{\"content\":{content}}}"), "null"));
+    }
+    datas.push(chunk("{}", "\"stop\""));
+    datas.push(
+        "{\"id\":\"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG\",\"object\":\"chat.completion.chunk\",\
+         \"created\":1741569952,\"model\":\"gpt-4o-2024-08-06\",\"service_tier\":\"default\",\
+         \"system_fingerprint\":\"fp_eb9dce56a8\",\"choices\":[],\"usage\":{\"prompt_tokens\":19,\
+         \"completion_tokens\":46,\"total_tokens\":65,\"prompt_tokens_details\":{\"cached_tokens\":0,\
+         \"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,\
+         \"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}"
+            .to_owned(),
+    );
+    datas.push("[DONE]".to_owned());
+    assert_eq!(datas.len(), 50);
+    let mut out = Vec::new();
+    for d in datas {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(d.as_bytes());
+        out.extend_from_slice(b"\n\n");
+    }
+    out
+}
+
+/// Scans `stream` in `read`-byte feeds; returns (events, data bytes).
+fn scan(stream: &[u8], read: usize) -> (u64, u64) {
+    let mut s = Scanner::new(MAX_EVENT);
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for r in stream.chunks(read) {
+        s.feed(r, |e| {
+            n += 1;
+            bytes += e.data.len() as u64;
+        });
+    }
+    s.finish(|e| {
+        n += 1;
+        bytes += e.data.len() as u64;
+    });
+    (n, bytes)
+}
+
+/// Scans and decodes; returns (text bytes, completion tokens).
+fn scan_decode(stream: &[u8], read: usize) -> (u64, u64) {
+    let mut s = Scanner::new(MAX_EVENT);
+    let (mut text, mut completion) = (0u64, 0u64);
+    let mut on_event = |e: tollgate::sse::Event<'_>| {
+        let d = decode(&e.data, |t| text += t.len() as u64);
+        if let Some(u) = d.usage {
+            completion = u.completion;
+        }
+    };
+    for r in stream.chunks(read) {
+        s.feed(r, &mut on_event);
+    }
+    s.finish(&mut on_event);
+    (text, completion)
+}
+
+/// Each event's data, owned.
+fn event_datas(stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut s = Scanner::new(MAX_EVENT);
+    s.feed(stream, |e| out.push(e.data.into_owned()));
+    s.finish(|e| out.push(e.data.into_owned()));
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let small = stream_50();
+    let mut big = Vec::with_capacity(10 << 20);
+    while big.len() + small.len() <= 10 << 20 {
+        big.extend_from_slice(&small);
+    }
+    // Sanity before timing: every event found, text and usage decoded.
+    assert_eq!(scan(&small, 1500).0, 50);
+    assert_eq!(
+        scan(&big, 16 << 10).0,
+        50 * (big.len() / small.len()) as u64
+    );
+    let words: usize = WORDS.iter().map(|w| w.len()).sum();
+    assert_eq!(scan_decode(&small, 1500), (words as u64, 46));
+
+    let mut g = c.benchmark_group("scan");
+    g.throughput(Throughput::Bytes(small.len() as u64));
+    g.bench_with_input(
+        BenchmarkId::from_parameter(format!("50_events_{}B_1.5KB_reads", small.len())),
+        &small,
+        |b, s| b.iter(|| scan(black_box(s), 1500)),
+    );
+    g.throughput(Throughput::Bytes(big.len() as u64));
+    g.bench_with_input(
+        BenchmarkId::from_parameter("10MB_16KB_reads"),
+        &big,
+        |b, s| b.iter(|| scan(black_box(s), 16 << 10)),
+    );
+    g.finish();
+
+    // Decoding alone, on the 50 events' data (pre-extracted), against the
+    // floor of any serde_json-based decoder: skipping the same JSON.
+    let datas = event_datas(&small);
+    let data_bytes: usize = datas.iter().map(Vec::len).sum();
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Bytes(data_bytes as u64));
+    g.bench_with_input(BenchmarkId::from_parameter("50_events"), &datas, |b, ds| {
+        b.iter(|| {
+            let mut text = 0usize;
+            for d in ds {
+                black_box(decode(black_box(d), |t| text += t.len()));
+            }
+            text
+        })
+    });
+    g.bench_with_input(
+        BenchmarkId::from_parameter("50_events_serde_ignored_any_floor"),
+        &datas,
+        |b, ds| {
+            b.iter(|| {
+                for d in ds {
+                    let _ = black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(
+                        d,
+                    )));
+                }
+            })
+        },
+    );
+    g.finish();
+
+    let mut g = c.benchmark_group("scan_decode");
+    g.throughput(Throughput::Bytes(small.len() as u64));
+    g.bench_with_input(
+        BenchmarkId::from_parameter(format!("50_events_{}B_1.5KB_reads", small.len())),
+        &small,
+        |b, s| b.iter(|| scan_decode(black_box(s), 1500)),
+    );
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
