@@ -7,12 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawUpstream};
+use super::raw::{RawBreaker, RawConfig, RawUpstream};
 use super::{
     Config, ConfigError, DriverChoice, Limits, LogConfig, MockConfig, Provider, Secret,
     ServerConfig, UpstreamConfig, duration,
 };
-use crate::route::{ModelSpec, RouteTable, Target};
+use crate::failover::{Breaker, BreakerConfig, Cond};
+use crate::route::{Fallback, ModelSpec, RouteTable, Target};
 
 struct Errors(Vec<ConfigError>);
 
@@ -164,6 +165,31 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
         if m.targets.is_empty() {
             errs.push(format!("{key}.targets"), "needs at least one target");
         }
+        let breaker_cfg = breaker_config(&mut errs, &format!("{key}.breaker"), m.breaker.as_ref());
+        let mut fallbacks = Vec::with_capacity(m.fallbacks.len());
+        for (j, f) in m.fallbacks.iter().enumerate() {
+            let when = match f.when.as_deref().map(Cond::parse) {
+                None => None,
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
+                    errs.push(format!("{key}.fallbacks[{j}].when"), e);
+                    None
+                }
+            };
+            fallbacks.push(Fallback {
+                model: f.model.clone(),
+                route: 0,
+                when,
+            });
+        }
+        let max_attempts = match m.max_attempts {
+            Some(0) => {
+                errs.push(format!("{key}.max_attempts"), "must be at least 1");
+                1
+            }
+            Some(n) => n.min(10),
+            None => 3,
+        };
         let mut targets = Vec::with_capacity(m.targets.len());
         for (j, t) in m.targets.iter().enumerate() {
             let tkey = format!("{key}.targets[{j}]");
@@ -190,6 +216,7 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
                 upstream: up,
                 model: t.model.as_deref().map(Arc::from),
                 weight: weight.clamp(1, 1_000_000),
+                breaker: Arc::new(Breaker::new(breaker_cfg)),
             });
         }
         specs.push(ModelSpec {
@@ -197,6 +224,8 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
             aliases: m.aliases.clone(),
             targets,
             hidden: m.hidden.unwrap_or(false),
+            fallbacks,
+            max_attempts,
         });
     }
     let routes = match RouteTable::build(specs) {
@@ -230,6 +259,41 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
         })
     } else {
         Err(errs.0)
+    }
+}
+
+fn breaker_config(errs: &mut Errors, key: &str, b: Option<&RawBreaker>) -> BreakerConfig {
+    let d = BreakerConfig::default();
+    let Some(b) = b else { return d };
+    let rate = b.failure_rate.filter(|r| {
+        let ok = *r > 0.0 && *r <= 1.0;
+        if !ok {
+            errs.push(format!("{key}.failure_rate"), "must be in (0, 1]");
+        }
+        ok
+    });
+    let window = b.window.unwrap_or(d.window);
+    if !(1..=64).contains(&window) {
+        errs.push(format!("{key}.window"), "must be between 1 and 64 calls");
+    }
+    let growth = b.growth.unwrap_or(d.growth);
+    if !(1.0..=10.0).contains(&growth) {
+        errs.push(format!("{key}.growth"), "must be between 1 and 10");
+    }
+    BreakerConfig {
+        max_failures: b.max_failures.unwrap_or(d.max_failures),
+        failure_rate: rate,
+        window: window.clamp(1, 64),
+        min_calls: b.min_calls.unwrap_or(d.min_calls),
+        break_duration: errs.duration(
+            &format!("{key}.break_duration"),
+            &b.break_duration,
+            d.break_duration,
+        ),
+        growth: growth.clamp(1.0, 10.0),
+        max_break: errs.duration(&format!("{key}.max_break"), &b.max_break, d.max_break),
+        probes: b.probes.unwrap_or(d.probes).max(1),
+        cooldown: errs.duration(&format!("{key}.cooldown"), &b.cooldown, d.cooldown),
     }
 }
 

@@ -108,6 +108,48 @@ pub struct RawModel {
     pub targets: Vec<RawTarget>,
     /// Hide this model from `GET /v1/models`. Default false.
     pub hidden: Option<bool>,
+    /// Circuit breaker of each target of this model.
+    pub breaker: Option<RawBreaker>,
+    /// Models to fall back to, in order, each with a condition on the
+    /// failed attempt (`when`, default: any failure that may fail over).
+    #[serde(default)]
+    pub fallbacks: Vec<RawFallback>,
+    /// Attempts across targets and fallbacks, first included. Default 3.
+    pub max_attempts: Option<u32>,
+}
+
+/// `breaker = { ... }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    /// Consecutive failures that open it (0 = off). Default 5.
+    pub max_failures: Option<u32>,
+    /// Failure rate 0..1 over `window` calls that opens it. Default off.
+    pub failure_rate: Option<f64>,
+    /// Calls in the rate window (1..=64). Default 20.
+    pub window: Option<u32>,
+    /// Calls needed before the rate counts. Default 10.
+    pub min_calls: Option<u32>,
+    /// First break. Default "30s".
+    pub break_duration: Option<String>,
+    /// Break multiplier per consecutive trip. Default 1 (constant).
+    pub growth: Option<f64>,
+    /// Longest break. Default "300s".
+    pub max_break: Option<String>,
+    /// Calls let through when half-open. Default 1.
+    pub probes: Option<u32>,
+    /// Cooldown after a 429 without Retry-After. Default "1s".
+    pub cooldown: Option<String>,
+}
+
+/// One entry of `fallbacks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFallback {
+    /// A configured model name or alias.
+    pub model: String,
+    /// Condition, e.g. `status >= 500 or latency > 30s`.
+    pub when: Option<String>,
 }
 
 /// One entry of `targets`.

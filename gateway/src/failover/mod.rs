@@ -10,6 +10,7 @@
 pub mod breaker;
 pub mod class;
 pub mod condition;
+pub mod plan;
 
 pub use breaker::{Breaker, BreakerConfig, Permit, State, Transition, now_ms};
 pub use class::{Class, Effect};

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::glob::Glob;
+use crate::failover::{Breaker, Cond};
 
 /// Index of an upstream in `Config::upstreams`.
 pub type UpstreamId = u32;
@@ -29,6 +30,19 @@ pub struct Target {
     pub model: Option<Arc<str>>,
     /// Relative share of traffic (>= 1).
     pub weight: u32,
+    /// This target's circuit breaker, shared by all workers.
+    pub breaker: Arc<Breaker>,
+}
+
+/// A fallback of a route.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    /// The model name as configured.
+    pub model: String,
+    /// The route it resolves to (set by `RouteTable::build`).
+    pub route: RouteId,
+    /// When to take it; `None`: after any failure that may fail over.
+    pub when: Option<Cond>,
 }
 
 /// A model as configured, before compilation into the table.
@@ -42,6 +56,10 @@ pub struct ModelSpec {
     pub targets: Vec<Target>,
     /// Not listed in `/v1/models`.
     pub hidden: bool,
+    /// Fallbacks (their `route` is resolved by `build`).
+    pub fallbacks: Vec<Fallback>,
+    /// Attempts across targets and fallbacks, first included.
+    pub max_attempts: u32,
 }
 
 /// A compiled route.
@@ -57,6 +75,10 @@ pub struct Route {
     pub hidden: bool,
     /// True for glob routes.
     pub is_glob: bool,
+    /// Fallbacks, in order.
+    pub fallbacks: Vec<Fallback>,
+    /// Attempts across targets and fallbacks, first included.
+    pub max_attempts: u32,
 }
 
 /// The table.
@@ -105,7 +127,32 @@ impl RouteTable {
                 targets: spec.targets,
                 hidden: spec.hidden,
                 is_glob,
+                fallbacks: spec.fallbacks,
+                max_attempts: spec.max_attempts.max(1),
             });
+        }
+        // Fallbacks name models; resolve them now that all names are known.
+        let mut resolved = Vec::new();
+        for (i, r) in t.routes.iter().enumerate() {
+            for (j, f) in r.fallbacks.iter().enumerate() {
+                match t.lookup(&f.model) {
+                    Some(id) if id as usize == i => errors.push((
+                        format!("models[{i}].fallbacks[{j}].model"),
+                        format!("`{}` is this model itself", f.model),
+                    )),
+                    Some(id) => resolved.push((i, j, id)),
+                    None => errors.push((
+                        format!("models[{i}].fallbacks[{j}].model"),
+                        format!(
+                            "unknown model `{}`; a fallback must be a configured model or alias",
+                            f.model
+                        ),
+                    )),
+                }
+            }
+        }
+        for (i, j, id) in resolved {
+            t.routes[i].fallbacks[j].route = id;
         }
         // Stable sort keeps config order among equals.
         t.globs.sort_by(|(a, _), (b, _)| {
@@ -181,6 +228,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failover::BreakerConfig;
 
     fn spec(name: &str, aliases: &[&str]) -> ModelSpec {
         ModelSpec {
@@ -190,9 +238,32 @@ mod tests {
                 upstream: 0,
                 model: None,
                 weight: 1,
+                breaker: Arc::new(Breaker::new(BreakerConfig::default())),
             }],
             hidden: false,
+            fallbacks: vec![],
+            max_attempts: 3,
         }
+    }
+
+    #[test]
+    fn fallbacks_resolve_or_are_named() {
+        let mut a = spec("a", &["alias-a"]);
+        let mut b = spec("b", &[]);
+        b.fallbacks = vec![Fallback {
+            model: "alias-a".into(),
+            route: 0,
+            when: None,
+        }];
+        a.fallbacks = vec![Fallback {
+            model: "zzz".into(),
+            route: 0,
+            when: None,
+        }];
+        let e = RouteTable::build(vec![a, b.clone()]).unwrap_err();
+        assert_eq!(e[0].0, "models[0].fallbacks[0].model");
+        let t = RouteTable::build(vec![spec("a", &["alias-a"]), b]).unwrap();
+        assert_eq!(t.route(1).fallbacks[0].route, 0);
     }
 
     #[test]

@@ -59,6 +59,7 @@ mod tests {
                 upstream: i as u32,
                 model: None,
                 weight: w,
+                breaker: std::sync::Arc::new(crate::failover::Breaker::new(Default::default())),
             })
             .collect();
         let t = RouteTable::build(vec![ModelSpec {
@@ -66,6 +67,8 @@ mod tests {
             aliases: vec![],
             targets,
             hidden: false,
+            fallbacks: vec![],
+            max_attempts: 1,
         }])
         .unwrap();
         let mut p = Picker::default();
