@@ -5,6 +5,7 @@
 #
 #   fuzz/run.sh 60            # bounded run, as the test script does
 #   fuzz/run.sh 3600          # a longer run
+#   FUZZ_BY_HAND=1 fuzz/run.sh 60   # skip cargo-fuzz, use step 2 below
 #
 # Order of attempts:
 #   1. cargo-fuzz (installed, or `cargo install cargo-fuzz --locked`):
@@ -51,9 +52,9 @@ fail() {
 command -v c++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 ||
     fail "no C++ compiler (libfuzzer-sys builds libFuzzer from C++ source); install g++ or clang"
 
-have_cargo_fuzz() { cargo fuzz --version >/dev/null 2>&1; }
+have_cargo_fuzz() { [ -z "${FUZZ_BY_HAND:-}" ] && cargo fuzz --version >/dev/null 2>&1; }
 
-if ! have_cargo_fuzz; then
+if [ -z "${FUZZ_BY_HAND:-}" ] && ! have_cargo_fuzz; then
     echo "fuzz/run.sh: cargo-fuzz not installed; trying cargo install cargo-fuzz --locked" >&2
     cargo install cargo-fuzz --locked >&2 || echo "fuzz/run.sh: cargo install cargo-fuzz failed; building by hand" >&2
 fi
