@@ -48,6 +48,10 @@ pub enum Kind {
     UpstreamTimeout,
     /// Upstream spoke invalid HTTP or closed mid-response.
     UpstreamProtocol,
+    /// The upstream rejected the gateway's own credentials (401/403).
+    UpstreamAuth,
+    /// Every target refused by its breaker, no fallback applies.
+    NoHealthyTarget,
     /// The gateway is shutting down.
     ShuttingDown,
     /// A bug or resource exhaustion in the gateway.
@@ -109,8 +113,11 @@ impl Error {
             Kind::HeadersTooLarge => 431,
             Kind::Internal => 500,
             Kind::NotImplemented => 501,
-            Kind::UpstreamConnect | Kind::UpstreamTls | Kind::UpstreamProtocol => 502,
-            Kind::ShuttingDown => 503,
+            Kind::UpstreamConnect
+            | Kind::UpstreamTls
+            | Kind::UpstreamProtocol
+            | Kind::UpstreamAuth => 502,
+            Kind::ShuttingDown | Kind::NoHealthyTarget => 503,
             Kind::UpstreamTimeout => 504,
         }
     }
@@ -147,6 +154,8 @@ impl Error {
             Kind::UpstreamTimeout => "upstream_timeout",
             Kind::UpstreamProtocol => "upstream_protocol_error",
             Kind::ShuttingDown => "shutting_down",
+            Kind::NoHealthyTarget => "no_healthy_target",
+            Kind::UpstreamAuth => "upstream_auth_failed",
             Kind::Internal => "internal_error",
         }
     }
@@ -183,7 +192,9 @@ impl Error {
             Kind::UpstreamConnect
             | Kind::UpstreamTls
             | Kind::UpstreamTimeout
-            | Kind::UpstreamProtocol => Side::Upstream,
+            | Kind::UpstreamProtocol
+            | Kind::UpstreamAuth
+            | Kind::NoHealthyTarget => Side::Upstream,
             Kind::ShuttingDown | Kind::Internal => Side::Gateway,
         }
     }
@@ -211,6 +222,8 @@ impl Error {
             | Kind::RequestTimeout
             | Kind::ExpectationFailed
             | Kind::NotImplemented
+            | Kind::NoHealthyTarget
+            | Kind::UpstreamAuth
             | Kind::ShuttingDown
             | Kind::Internal => false,
         }

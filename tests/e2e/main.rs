@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod failover;
 mod harness;
 mod tls;
 
@@ -144,13 +145,20 @@ fn upstream_key_is_injected_and_client_credentials_never_forwarded() {
     assert!(echo.get("x-api-key").is_none(), "{echo}");
     assert_eq!(echo["openai-organization"], "org-1");
     assert_eq!(echo["host"], m.addr.to_string());
-    // Without a configured key the client's is not used either: 401 from
-    // the upstream reaches the client as is.
+    // Without a configured key the client's is not used either; the
+    // upstream's 401 is the gateway's problem, reported as a 502.
     let r = request(
         g.addr,
         &post("/v1/chat/completions", r#"{"model":"bad"}"#, extra),
     );
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.error_code(), "upstream_auth_failed");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("keyless")
+    );
     assert!(!g.stderr().contains("client-key"));
 }
 
@@ -354,13 +362,33 @@ fn upstream_failures_map_to_502_and_504() {
         ),
     );
     assert_eq!(r.status, 503);
-    // An upstream reset mid-body cuts the client connection: no silent
-    // truncation that looks complete.
+    // An upstream reset mid-stream ends the stream cleanly with an
+    // OpenAI-shaped error event: never a silent truncation that looks
+    // complete, never a half event.
     let mut c = Conn::open(g.addr);
     c.send(&post(
         "/v1/chat/completions",
         r#"{"model":"slow","stream":true,"max_tokens":50}"#,
-        "x-mock-reset-after: 400\r\n",
+        "x-mock-reset-after: 1500\r\n",
+    ));
+    let r = c.read_response().unwrap();
+    let text = r.text();
+    assert!(!text.contains("[DONE]"));
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    let last: serde_json::Value =
+        serde_json::from_str(events.last().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_stream_cut", "{text}");
+    for e in &events[..events.len() - 1] {
+        let v: serde_json::Value = serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk");
+    }
+    // A non-streaming body cut mid-way cannot be ended cleanly: the
+    // connection closes and the client sees the truncation.
+    let mut c = Conn::open(g.addr);
+    c.send(&post(
+        "/v1/chat/completions",
+        r#"{"model":"slow","max_tokens":50}"#,
+        "x-mock-reset-after: 200\r\n",
     ));
     assert!(c.read_response().is_err());
 }
@@ -870,7 +898,7 @@ fn idle_pooled_connections_expire() {
     let m = mock(&[]);
     let cfg = format!(
         "[server]\nlisten = \"{{listen}}\"\nworkers = 1\n[log]\naccess = false\n\
-         [[upstreams]]\nname = \"mock\"\nbase_url = \"http://{}/v1\"\nidle_timeout = \"200ms\"\n{BASIC_MODELS}",
+         [[upstreams]]\nname = \"mock\"\nbase_url = \"http://{}/v1\"\nidle_timeout = \"1s\"\n{BASIC_MODELS}",
         m.addr
     );
     let g = gateway(&cfg, &[]);
@@ -887,7 +915,7 @@ fn idle_pooled_connections_expire() {
     let (a1, _, _) = mock_stats(&m);
     assert_eq!(a1 - a0, 2, "one upstream connection plus the stats call");
     // ...after it, a new one is opened.
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(1300));
     assert_eq!(
         request(g.addr, &chat(r#"{"model":"gpt-4o","max_tokens":1}"#)).status,
         200

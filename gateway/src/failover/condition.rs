@@ -91,6 +91,25 @@ impl Cond {
         }
     }
 
+    /// The smallest latency `X` in a positive `latency > X` / `>= X` term:
+    /// waiting longer than that for a first byte can only end in this
+    /// fallback, so the attempt is cut at `X`.
+    pub fn latency_trigger(&self) -> Option<std::time::Duration> {
+        match self {
+            Cond::Latency(Op::Gt | Op::Ge, d) => Some(*d),
+            Cond::Or(a, b) => match (a.latency_trigger(), b.latency_trigger()) {
+                (Some(x), Some(y)) => Some(x.min(y)),
+                (x, y) => x.or(y),
+            },
+            // Under `and`/`not` a latency alone does not decide.
+            Cond::And(..)
+            | Cond::Not(_)
+            | Cond::Latency(..)
+            | Cond::Status(..)
+            | Cond::Class(_) => None,
+        }
+    }
+
     /// Parses a condition; the error says what was expected where.
     pub fn parse(src: &str) -> Result<Cond, String> {
         let tokens = lex(src)?;
@@ -287,6 +306,21 @@ mod tests {
         let b = Cond::parse("status == 429").unwrap();
         assert!(b.eval(&o(429, 10, Class::RateLimited)));
         assert!(!b.eval(&o(503, 10, Class::Status5xx)));
+    }
+
+    #[test]
+    fn latency_triggers() {
+        let t = |s: &str| Cond::parse(s).unwrap().latency_trigger();
+        assert_eq!(
+            t("status >= 500 or latency > 30s"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            t("latency > 2s or latency >= 500ms"),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(t("status == 429"), None);
+        assert_eq!(t("latency > 1s and status == 200"), None);
     }
 
     #[test]

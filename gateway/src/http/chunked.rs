@@ -76,6 +76,12 @@ impl ChunkedDecoder {
         }
     }
 
+    /// True between two chunks (nothing of the next size line read yet):
+    /// the body could be ended here with a last-chunk marker.
+    pub fn at_chunk_start(&self) -> bool {
+        self.state == State::Size { digits: 0 }
+    }
+
     /// True once the last chunk and trailers have been read.
     pub fn is_done(&self) -> bool {
         self.state == State::Done

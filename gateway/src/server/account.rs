@@ -21,7 +21,8 @@
 
 use std::sync::Arc;
 
-use crate::sse::{Decoded, Scanner, Usage, decode};
+use crate::sse::decode::decode_event;
+use crate::sse::{Decoded, Scanner, Usage};
 use crate::tokens::Encoding;
 use crate::usage::Source;
 
@@ -106,6 +107,17 @@ impl Accountant {
         }
     }
 
+    /// A successful streaming response is being accounted.
+    pub fn is_stream(&self) -> bool {
+        self.scanner.is_some()
+    }
+
+    /// No SSE event is half-received: the client's stream is between
+    /// events, so another event can follow cleanly.
+    pub fn at_event_boundary(&self) -> bool {
+        self.scanner.as_ref().is_none_or(Scanner::is_idle)
+    }
+
     /// The prompt estimate made before forwarding.
     pub fn prompt_estimate(&self) -> Option<u64> {
         self.prompt_estimate
@@ -158,7 +170,7 @@ impl Accountant {
                     f.extend_from_slice(p);
                 }
                 scanner.feed(p, |ev| {
-                    let d = decode(&ev.data, |t| push_text(text, t));
+                    let d = decode_event(&ev, |t| push_text(text, t));
                     note(&d, usage, saw_done);
                 });
             }
@@ -169,7 +181,7 @@ impl Accountant {
                 let prompt = self.prompt_estimate.unwrap_or(0);
                 let (rid, served, object) = (&*self.request_id, &*self.served, self.chunk_object);
                 scanner.feed(p, |ev| {
-                    let d = decode(&ev.data, |t| push_text(text, t));
+                    let d = decode_event(&ev, |t| push_text(text, t));
                     let drop_it = rw.strip_usage && d.usage_only;
                     let add_before = rw.add_usage && d.done && usage.is_none();
                     note(&d, usage, saw_done);
@@ -211,7 +223,7 @@ impl Accountant {
         let usage = &mut self.usage;
         let saw_done = &mut self.saw_done;
         scanner.finish(|ev| {
-            let d = decode(&ev.data, |t| push_text(text, t));
+            let d = decode_event(&ev, |t| push_text(text, t));
             note(&d, usage, saw_done);
         });
         if let (Some(rw), Some(f)) = (self.rewrite.as_mut(), fwd) {

@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 use super::account::Accountant;
 use super::client::ClientIn;
 use super::conn::{Body, ClientOut};
-use super::relay::relay;
+use super::relay::{Attempt, relay};
 use super::worker::Worker;
 use crate::error::{Error, Kind};
+use crate::failover::plan::{Candidates, Pick};
+use crate::failover::{Class, Effect, Outcome, Transition, now_ms};
 use crate::http::RequestHead;
 use crate::route::rewrite::{Edit, StreamUsage, json_string, splice, stream_usage};
-use crate::route::{ExtractError, UpstreamId, extract};
+use crate::route::{BodyInfo, ExtractError, RouteId, UpstreamId, extract};
 use crate::tokens::Encoding;
 use crate::upstream::request::{Forward, build};
 use crate::usage::UsageRecord;
@@ -112,8 +114,17 @@ pub struct Prepared {
     pub add_usage: bool,
 }
 
+/// The request as kept for attempts after the first (only when the route
+/// has more than one candidate): the client buffer is reused for the next
+/// request once the first attempt is sent.
+struct Kept {
+    buf: Vec<u8>,
+    body: Vec<u8>,
+}
+
 /// Handles a proxied request whose body has been read. Consumes the
-/// request's bytes from `cin` on every path; emits the usage record.
+/// request's bytes from `cin` on every path; tries targets and fallbacks
+/// while nothing was sent to the client; emits the usage record.
 #[allow(clippy::too_many_arguments)]
 pub async fn handle(
     w: &Worker,
@@ -127,24 +138,142 @@ pub async fn handle(
     log: &mut RouteLog,
 ) -> Handled {
     let started = Instant::now();
-    let rid_str: Arc<str> = Arc::from(String::from_utf8_lossy(rid).as_ref());
-    let prepared = prepare(w, cin.buf(), head, &body, ep, rid, log);
-    cin.consume(body.request_len());
-    let (p, mut acct) = prepared.map_err(|e| (e, false))?;
-    let served = p.served.clone();
-    let upstream = w.shared.upstreams[p.upstream as usize].cfg.name.clone();
-    let stream = p.stream;
-    let result = {
-        let fut = pin!(relay(
+    let table = &w.cfg().routes;
+    let info = extract(body.bytes(cin.buf())).map_err(extract_error);
+    let first = info
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|i| route(w, i, log));
+    let (route_id, idx) = match first {
+        Ok(r) => r,
+        Err(e) => {
+            cin.consume(body.request_len());
+            return Err((e, false));
+        }
+    };
+    let route_cfg = table.route(route_id);
+    let mut cands = Candidates::new(table, route_id, idx);
+    let Some(mut pick) = cands.first(table, now_ms()) else {
+        cin.consume(body.request_len());
+        return Err((
+            Error::msg(
+                Kind::NoHealthyTarget,
+                format!(
+                    "every target of `{}` is unavailable (circuit breakers open) and no fallback applies",
+                    log.model
+                ),
+            ),
+            false,
+        ));
+    };
+    let multi = route_cfg.targets.len() > 1 || !route_cfg.fallbacks.is_empty();
+    let kept = multi.then(|| Kept {
+        buf: cin.buf()[..head.len].to_vec(),
+        body: body.bytes(cin.buf()).to_vec(),
+    });
+    let first = match &info {
+        Ok(i) => prepare(
             w,
-            wr,
-            p,
-            head.minor,
-            !keep_alive,
+            cin.buf(),
+            head,
+            body.bytes(cin.buf()),
+            i,
+            ep,
             rid,
             log,
-            &mut acct
-        ));
+            pick,
+        ),
+        Err(e) => Err(e.clone()),
+    };
+    drop(info);
+    cin.consume(body.request_len());
+    let (p, acct) = first.map_err(|e| (e, false))?;
+    let mut acct = acct;
+    let mut served = p.served.clone();
+    let mut upstream = w.shared.upstreams[p.upstream as usize].cfg.name.clone();
+    let stream = p.stream;
+    let first_byte_limit = route_cfg
+        .fallbacks
+        .iter()
+        .filter_map(|f| f.when.as_ref()?.latency_trigger())
+        .min();
+    let result = {
+        let attempts = async {
+            let mut p = p;
+            let mut attempt = 1u32;
+            loop {
+                let target = &table.route(pick.route).targets[pick.target];
+                let mut next = None;
+                let last = attempt >= route_cfg.max_attempts;
+                let r = {
+                    let mut decide = |o: &Outcome| {
+                        if !last {
+                            next = cands.next(table, o, now_ms());
+                        }
+                        next.is_some()
+                    };
+                    let limit = (pick.route == route_id)
+                        .then_some(first_byte_limit)
+                        .flatten();
+                    let ctx = Attempt {
+                        number: attempt,
+                        first_byte_limit: limit,
+                        decide: &mut decide,
+                    };
+                    relay(w, wr, p, head.minor, !keep_alive, rid, log, &mut acct, ctx).await
+                };
+                let (effect, retry_after) = match &r {
+                    Ok(Done::Relayed { status, .. }) => {
+                        (Class::of_status(*status, b"").breaker_effect(), None)
+                    }
+                    Ok(Done::Aborted { status: 499 }) | Ok(Done::Local) => (Effect::None, None),
+                    Ok(Done::Aborted { .. }) => (Effect::Failure, None),
+                    Err(f) => (f.outcome.class.breaker_effect(), f.retry_after),
+                };
+                if let Some(t) = target
+                    .breaker
+                    .record(pick.permit, effect, retry_after, now_ms())
+                {
+                    breaker_log(w, pick, t, rid);
+                }
+                let f = match r {
+                    Ok(done) => return Ok(done),
+                    Err(f) => f,
+                };
+                let Some(n) = next.filter(|_| f.retry) else {
+                    return Err((f.err, false));
+                };
+                let to = &table.route(n.route);
+                tracing::warn!(
+                    target: "tollgate::failover",
+                    request_id = %String::from_utf8_lossy(rid),
+                    model = log.model.as_str(),
+                    upstream = &*upstream,
+                    served = &*served,
+                    class = f.outcome.class.name(),
+                    status = f.outcome.status,
+                    latency_ms = f.outcome.latency.as_secs_f64() * 1000.0,
+                    attempt,
+                    next_model = &*to.name,
+                    next_upstream = &*w.shared.upstreams[to.targets[n.target].upstream as usize].cfg.name,
+                    "attempt failed; trying the next target"
+                );
+                pick = n;
+                attempt += 1;
+                let Some(k) = &kept else {
+                    return Err((f.err, false));
+                };
+                let (np, na) = extract(&k.body)
+                    .map_err(extract_error)
+                    .and_then(|i| prepare(w, &k.buf, head, &k.body, &i, ep, rid, log, pick))
+                    .map_err(|e| (e, false))?;
+                served = np.served.clone();
+                upstream = w.shared.upstreams[np.upstream as usize].cfg.name.clone();
+                acct = na;
+                p = np;
+            }
+        };
+        let fut = pin!(attempts);
         let mut fut = fut;
         let mut watched = None;
         if cin.buf().is_empty() && !cin.is_closed() {
@@ -152,8 +281,8 @@ pub async fn handle(
                 r = &mut fut => watched = Some(r),
                 r = cin.complete() => {
                     if !matches!(r, Ok(n) if n > 0) {
-                        // Client gone: dropping the relay drops the upstream
-                        // connection and cancels its I/O.
+                        // Client gone: dropping the attempts drops the
+                        // upstream connection and cancels its I/O.
                         watched = Some(Ok(Done::Aborted { status: 499 }));
                     }
                     // Pipelined bytes: keep them for later, finish unwatched.
@@ -172,7 +301,7 @@ pub async fn handle(
     };
     let tally = acct.tally();
     let rec = UsageRecord {
-        request_id: rid_str.to_string(),
+        request_id: String::from_utf8_lossy(rid).into_owned(),
         key_id: None,
         tenant: None,
         requested_model: log.model.clone(),
@@ -191,17 +320,33 @@ pub async fn handle(
     result
 }
 
-fn prepare(
-    w: &Worker,
-    buf: &[u8],
-    head: &RequestHead,
-    body: &Body,
-    ep: Endpoint,
-    rid: &[u8],
-    log: &mut RouteLog,
-) -> Result<(Prepared, Accountant), Error> {
-    let bytes = body.bytes(buf);
-    let info = extract(bytes).map_err(extract_error)?;
+fn breaker_log(w: &Worker, pick: Pick, t: Transition, rid: &[u8]) {
+    let route = w.cfg().routes.route(pick.route);
+    let target = &route.targets[pick.target];
+    let upstream = &w.shared.upstreams[target.upstream as usize].cfg.name;
+    match t {
+        Transition::Opened(d) => tracing::warn!(
+            target: "tollgate::breaker",
+            model = &*route.name,
+            upstream = &**upstream,
+            target_model = target.model.as_deref().unwrap_or("-"),
+            break_ms = d.as_millis() as u64,
+            request_id = %String::from_utf8_lossy(rid),
+            "circuit breaker opened"
+        ),
+        Transition::Closed => tracing::info!(
+            target: "tollgate::breaker",
+            model = &*route.name,
+            upstream = &**upstream,
+            target_model = target.model.as_deref().unwrap_or("-"),
+            request_id = %String::from_utf8_lossy(rid),
+            "circuit breaker closed"
+        ),
+    }
+}
+
+/// Finds the route of the body's model and the balancer's first pick.
+fn route(w: &Worker, info: &BodyInfo<'_>, log: &mut RouteLog) -> Result<(RouteId, usize), Error> {
     log.model.push_str(&info.model);
     let table = &w.cfg().routes;
     let Some(route_id) = table.lookup(&info.model) else {
@@ -214,13 +359,31 @@ fn prepare(
         ));
     };
     let idx = w.picker.borrow_mut().pick(table, route_id);
-    let route = table.route(route_id);
-    let target = &route.targets[idx];
+    Ok((route_id, idx))
+}
+
+/// Builds the upstream request for one picked target.
+#[allow(clippy::too_many_arguments)]
+fn prepare(
+    w: &Worker,
+    buf: &[u8],
+    head: &RequestHead,
+    bytes: &[u8],
+    info: &BodyInfo<'_>,
+    ep: Endpoint,
+    rid: &[u8],
+    log: &mut RouteLog,
+    pick: Pick,
+) -> Result<(Prepared, Accountant), Error> {
+    let table = &w.cfg().routes;
+    let route = table.route(pick.route);
+    let target = &route.targets[pick.target];
     let up = &w.shared.upstreams[target.upstream as usize];
     log.upstream = Some(up.cfg.name.clone());
     // The name sent upstream: the target's rewrite, else the route's own
-    // name for exact routes (so aliases reach the provider under the real
-    // name), else what the client asked for (globs pass names through).
+    // name for exact routes (so aliases and fallbacks reach the provider
+    // under the real name), else what the client asked for (globs pass
+    // names through).
     let served: Arc<str> = match (&target.model, route.is_glob) {
         (Some(m), _) => m.clone(),
         (None, false) => route.name.clone(),
@@ -236,7 +399,7 @@ fn prepare(
     }
     let stream = info.stream && ep != Endpoint::Embeddings;
     let plan = if stream && up.cfg.stream_usage {
-        stream_usage(bytes, &info)
+        stream_usage(bytes, info)
     } else {
         StreamUsage {
             client_asked: false,

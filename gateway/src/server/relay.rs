@@ -20,9 +20,10 @@ use monoio::io::AsyncWriteRentExt;
 
 use super::account::Accountant;
 use super::conn::ClientOut;
-use super::proxy::{Done, Handled, Prepared, RouteLog};
+use super::proxy::{Done, Prepared, RouteLog};
 use super::worker::Worker;
 use crate::error::{Error, Kind};
+use crate::failover::{Class, Outcome};
 use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, encode_chunk};
 use crate::http::response::push_u64;
 use crate::upstream::UpConn;
@@ -52,6 +53,50 @@ enum Emit {
     Payload { chunked: bool },
 }
 
+/// What the failover loop tells one attempt.
+pub struct Attempt<'a> {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// Cut the wait for the response head here (a fallback condition
+    /// on latency would take over anyway).
+    pub first_byte_limit: Option<Duration>,
+    /// Asked when the attempt failed before anything reached the client:
+    /// true when another target will be tried (this response is dropped).
+    pub decide: &'a mut dyn FnMut(&Outcome) -> bool,
+}
+
+/// An attempt that ended before anything reached the client.
+pub struct Failure {
+    /// The error the client gets if nothing else is tried.
+    pub err: Error,
+    /// Status, latency, class.
+    pub outcome: Outcome,
+    /// `Retry-After` of a 429.
+    pub retry_after: Option<Duration>,
+    /// `decide` chose to try another target.
+    pub retry: bool,
+}
+
+fn fail(
+    err: Error,
+    class: Class,
+    started: Instant,
+    decide: &mut dyn FnMut(&Outcome) -> bool,
+) -> Failure {
+    let outcome = Outcome {
+        status: err.status(),
+        latency: started.elapsed(),
+        class,
+    };
+    let retry = decide(&outcome);
+    Failure {
+        err,
+        outcome,
+        retry_after: None,
+        retry,
+    }
+}
+
 /// Sends the request and relays the response.
 #[allow(clippy::too_many_arguments)]
 pub async fn relay(
@@ -63,13 +108,15 @@ pub async fn relay(
     rid: &[u8],
     log: &mut RouteLog,
     acct: &mut Accountant,
-) -> Handled {
+    at: Attempt<'_>,
+) -> Result<Done, Failure> {
+    let decide = at.decide;
     let up = &w.shared.upstreams[p.upstream as usize];
     let cfg = &up.cfg;
     let started = Instant::now();
     let mut request = p.request;
     let mut stale = 0;
-    let (mut conn, mut buf, head) = loop {
+    let (conn, mut buf, head) = loop {
         let pooled = if stale < STALE_RETRIES {
             w.pool.borrow_mut().take(p.upstream, cfg.idle_timeout)
         } else {
@@ -78,7 +125,17 @@ pub async fn relay(
         let reused = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
-            None => UpConn::connect(up).await.map_err(|e| (e, false))?,
+            None => match UpConn::connect(up).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let class = match e.kind {
+                        Kind::UpstreamTimeout => Class::ConnectTimeout,
+                        Kind::UpstreamTls => Class::TlsError,
+                        _ => Class::ConnectRefused,
+                    };
+                    return Err(fail(e, class, started, decide));
+                }
+            },
         };
         let (res, back) = conn.write_all(request).await;
         request = back;
@@ -87,16 +144,67 @@ pub async fn relay(
                 stale += 1;
                 continue;
             }
-            return Err((upstream_io(up.cfg.name.as_ref(), "write failed", &e), false));
+            let e = upstream_io(up.cfg.name.as_ref(), "write failed", &e);
+            return Err(fail(e, Class::Reset, started, decide));
         }
-        match read_head(&mut conn, cfg.response_timeout, &up.cfg.name).await {
+        let wait = at
+            .first_byte_limit
+            .map_or(cfg.response_timeout, |l| l.min(cfg.response_timeout));
+        match read_head(&mut conn, wait, &up.cfg.name).await {
             Ok((buf, head)) => break (conn, buf, head),
             Err(HeadError::ClosedEarly(_)) if reused => stale += 1,
-            Err(HeadError::ClosedEarly(e) | HeadError::Fail(e)) => return Err((e, false)),
+            Err(HeadError::ClosedEarly(e) | HeadError::Fail(e)) => {
+                let class = if e.kind == Kind::UpstreamTimeout {
+                    Class::FirstByteTimeout
+                } else {
+                    Class::Reset
+                };
+                return Err(fail(e, class, started, decide));
+            }
         }
     };
     log.ttfb = Some(started.elapsed());
     let status = head.status;
+    let class = Class::of_status(status, &buf[head.len..]);
+    if class == Class::Auth {
+        // The provider refused the gateway's key: the client can do
+        // nothing about it, and no other target would fix it.
+        return Err(Failure {
+            err: Error::msg(
+                Kind::UpstreamAuth,
+                format!(
+                    "upstream `{}` rejected the gateway's credentials ({status}); check the key in api_key_env for this upstream",
+                    cfg.name
+                ),
+            ),
+            outcome: Outcome {
+                status,
+                latency: started.elapsed(),
+                class,
+            },
+            retry_after: None,
+            retry: false,
+        });
+    }
+    if class.may_fail_over() {
+        let outcome = Outcome {
+            status,
+            latency: started.elapsed(),
+            class,
+        };
+        if decide(&outcome) {
+            // Dropped unread: the connection is closed, not pooled.
+            return Err(Failure {
+                err: Error::msg(
+                    Kind::UpstreamProtocol,
+                    format!("upstream `{}` answered {status}", cfg.name),
+                ),
+                outcome,
+                retry_after: retry_after(&buf, &head),
+                retry: true,
+            });
+        }
+    }
     let rewrite = acct.start(status, p.strip_usage, p.add_usage);
 
     let mut out = Vec::with_capacity(1024 + buf.len());
@@ -104,7 +212,10 @@ pub async fn relay(
     if let Some(n) = acct.prompt_estimate() {
         push_u64(&mut prompt_value, n);
     }
-    let mut added_headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(3);
+    let mut attempts_value = Vec::new();
+    push_u64(&mut attempts_value, u64::from(at.number));
+    let mut added_headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(4);
+    added_headers.push((b"x-tollgate-attempts", &attempts_value));
     if w.cfg().server.expose_route_headers {
         added_headers.push((b"x-tollgate-upstream", cfg.name.as_bytes()));
         added_headers.push((b"x-tollgate-model", p.served.as_bytes()));
@@ -142,8 +253,15 @@ pub async fn relay(
     if fed.done && emit == Emit::Raw {
         acct.end(None);
     }
-    let mut extra = fed.extra;
+    let reusable = head.keep_alive && head.framing != Framing::Close;
+    let mut conn = Some(conn);
+    // The upstream connection goes back to the pool as soon as its body
+    // is complete, before the last client write: the next request (maybe
+    // already waiting on another client connection) can use it at once.
     let mut complete = fed.done;
+    if complete && reusable && !fed.extra {
+        release(w, p.upstream, &mut conn);
+    }
     let (res, back) = wr.write_all(out).await;
     out = back;
     if res.is_err() {
@@ -151,20 +269,26 @@ pub async fn relay(
     }
     while !complete {
         buf.clear();
-        let read = monoio::time::timeout(cfg.read_timeout, conn.read_more(buf)).await;
+        let Some(up_conn) = conn.as_mut() else { break };
+        let read = monoio::time::timeout(cfg.read_timeout, up_conn.read_more(buf)).await;
         let n = match read {
             Ok((Ok(n), b)) => {
                 buf = b;
                 n
             }
-            Ok((Err(_), _)) | Err(_) => return Ok(Done::Aborted { status }),
+            Ok((Err(_), _)) | Err(_) => {
+                cut_stream(wr, emit, &body, acct).await;
+                return Ok(Done::Aborted { status });
+            }
         };
         out.clear();
         pay.clear();
         if n == 0 {
             if head.framing != Framing::Close {
-                // Upstream closed before the end of its body: the client
-                // sees a truncated (and, if chunked, unterminated) body.
+                // Upstream closed before the end of its body: a stream
+                // gets a clean SSE error end where the framing allows;
+                // anything else a truncated (unterminated) body.
+                cut_stream(wr, emit, &body, acct).await;
                 return Ok(Done::Aborted { status });
             }
             // Close-delimited body: EOF is its end.
@@ -184,8 +308,10 @@ pub async fn relay(
             Ok(f) => f,
             Err(_) => return Ok(Done::Aborted { status }),
         };
-        extra |= fed.extra;
         complete = fed.done;
+        if complete && reusable && !fed.extra {
+            release(w, p.upstream, &mut conn);
+        }
         let res = match emit {
             Emit::Raw => {
                 if fed.done {
@@ -213,13 +339,18 @@ pub async fn relay(
             return Ok(Done::Aborted { status: 499 });
         }
     }
-    if head.keep_alive && !extra && head.framing != Framing::Close {
-        w.pool.borrow_mut().put(p.upstream, conn, cfg.max_idle);
-    }
     Ok(Done::Relayed {
         status,
         close: close_after || framing == ClientFraming::Dechunk || framing == ClientFraming::Close,
     })
+}
+
+/// Returns a connection whose response ended cleanly to the pool.
+fn release(w: &Worker, up: crate::route::UpstreamId, conn: &mut Option<UpConn>) {
+    if let Some(c) = conn.take() {
+        let max_idle = w.shared.upstreams[up as usize].cfg.max_idle;
+        w.pool.borrow_mut().put(up, c, max_idle);
+    }
 }
 
 /// Feeds one read to the framing tracker, passing payload to the
@@ -248,6 +379,48 @@ fn push_payload(out: &mut Vec<u8>, pay: &[u8], chunked: bool, done: bool) {
     } else {
         out.extend_from_slice(pay);
     }
+}
+
+/// The SSE event that ends a stream the upstream cut.
+const CUT_EVENT: &[u8] = b"data: {\"error\":{\"message\":\"the upstream connection was lost mid-stream\",\"type\":\"upstream_error\",\"param\":null,\"code\":\"upstream_stream_cut\"}}\n\n";
+
+/// Ends a cut stream cleanly for the client: an OpenAI-shaped error event,
+/// then the end of the chunked body. Only possible when the gateway frames
+/// the body or the upstream's framing stopped between two chunks; otherwise
+/// the connection is just closed (the client sees an unterminated body).
+async fn cut_stream(wr: &mut ClientOut, emit: Emit, body: &BodyState, acct: &Accountant) {
+    let clean = match emit {
+        // Rewrite mode forwards whole events only, in the gateway's chunks.
+        Emit::Payload { chunked } => chunked,
+        Emit::Raw => {
+            body.framing == Framing::Chunked
+                && body.chunked.at_chunk_start()
+                && acct.at_event_boundary()
+        }
+    };
+    if !(acct.is_stream() && clean) {
+        return;
+    }
+    let mut out = Vec::with_capacity(CUT_EVENT.len() + 16);
+    encode_chunk(&mut out, CUT_EVENT);
+    out.extend_from_slice(LAST_CHUNK);
+    let _ = wr.write_all(out).await;
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by LLM APIs).
+fn retry_after(buf: &[u8], head: &ResponseHead) -> Option<Duration> {
+    head.headers
+        .iter()
+        .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(b"retry-after"))
+        .and_then(|(_, v)| {
+            std::str::from_utf8(&buf[v.clone()])
+                .ok()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
+        .map(Duration::from_secs_f64)
 }
 
 async fn read_head(

@@ -51,10 +51,8 @@ pub struct TokenMetrics {
 impl TokenMetrics {
     /// The counters of a model, created on first use.
     pub fn counters(&self, model: &str) -> Arc<ModelCounters> {
-        if let Ok(m) = self.models.read() {
-            if let Some(c) = m.get(model) {
-                return c.clone();
-            }
+        if let Some(c) = self.models.read().ok().and_then(|m| m.get(model).cloned()) {
+            return c;
         }
         let Ok(mut m) = self.models.write() else {
             // A poisoned lock only means a panic elsewhere; count anyway.

@@ -1,0 +1,190 @@
+//! Failover end to end: real mock processes with fault flags behind a real
+//! gateway.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+fn upstream(name: &str, addr: &str) -> String {
+    format!("[[upstreams]]\nname = \"{name}\"\nbase_url = \"http://{addr}/v1\"\n")
+}
+
+#[test]
+fn a_failing_primary_is_routed_around_with_zero_client_errors_then_recovers() {
+    let primary = mock(&["--status", "503"]);
+    let backup = mock(&[]);
+    let cfg = format!(
+        "[server]\nlisten = \"{{listen}}\"\nworkers = 2\n[log]\naccess = false\n{}{}\
+         [[models]]\nname = \"gpt-4\"\ntargets = [{{ upstream = \"primary\" }}]\n\
+         breaker = {{ max_failures = 3, break_duration = \"700ms\" }}\n\
+         fallbacks = [{{ model = \"backup\", when = \"status >= 500\" }}]\n\
+         [[models]]\nname = \"backup\"\ntargets = [{{ upstream = \"backup\" }}]\n",
+        upstream("primary", &primary.addr.to_string()),
+        upstream("backup", &backup.addr.to_string()),
+    );
+    let g = gateway(&cfg, &[]);
+    let (_, _, before) = mock_stats(&primary);
+    let mut conns: Vec<Conn> = (0..4).map(|_| Conn::open(g.addr)).collect();
+    let mut served = HashMap::<String, u32>::new();
+    let t0 = Instant::now();
+    for i in 0..1000 {
+        let stream = i % 3 == 0;
+        let c = &mut conns[i % 4];
+        c.send(&chat(&format!(
+            r#"{{"model":"gpt-4","max_tokens":2,"stream":{stream}}}"#
+        )));
+        let r = c.read_response().unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        *served
+            .entry(r.header("x-tollgate-upstream").unwrap().to_string())
+            .or_default() += 1;
+    }
+    let elapsed = t0.elapsed();
+    assert_eq!(served.get("backup"), Some(&1000));
+    // The breaker opened after 3 failures; while open the primary saw
+    // nothing but the half-open probes of each elapsed break.
+    let (_, _, after) = mock_stats(&primary);
+    let hits = after - before - 1; // minus the stats call itself
+    let breaks = (elapsed.as_millis() / 700) as u64;
+    assert!(
+        hits >= 3 && hits <= 3 + breaks + 2,
+        "primary got {hits} requests in {elapsed:?}"
+    );
+
+    // The primary heals (restarted on the same address without faults):
+    // after the break a probe succeeds and traffic returns to it.
+    let addr = primary.addr;
+    drop(primary);
+    let _healed = mock_on(addr, &[]);
+    let back = eventually(Duration::from_secs(5), || {
+        let r = request(g.addr, &chat(r#"{"model":"gpt-4","max_tokens":1}"#));
+        assert_eq!(r.status, 200);
+        r.header("x-tollgate-upstream") == Some("primary")
+    });
+    assert!(back, "traffic never returned to the healed primary");
+    for _ in 0..20 {
+        let r = request(g.addr, &chat(r#"{"model":"gpt-4","max_tokens":1}"#));
+        assert_eq!(r.header("x-tollgate-upstream"), Some("primary"));
+    }
+}
+
+#[test]
+fn the_articles_fallback_chain() {
+    let p5xx = mock(&["--status", "503"]);
+    let p429 = mock(&["--status", "429"]);
+    let p401 = mock(&["--status", "401"]);
+    let p400 = mock(&["--status", "400"]);
+    let slow = mock(&["--delay-ms", "3000"]);
+    let claude = mock(&[]);
+    let gpt35 = mock(&[]);
+    let chain = "fallbacks = [\n  { model = \"claude-3\", when = \"status >= 500 or latency > 300ms\" },\n  { model = \"gpt-3.5-turbo\", when = \"status == 429\" },\n]\nbreaker = { max_failures = 5, break_duration = \"60s\" }\n";
+    let mut cfg = "[server]\nlisten = \"{listen}\"\n[log]\naccess = false\n".to_string();
+    for (name, m) in [
+        ("p5xx", &p5xx),
+        ("p429", &p429),
+        ("p401", &p401),
+        ("p400", &p400),
+        ("slow", &slow),
+        ("claude", &claude),
+        ("gpt35", &gpt35),
+    ] {
+        cfg.push_str(&upstream(name, &m.addr.to_string()));
+    }
+    for (model, up) in [
+        ("gpt-4-5xx", "p5xx"),
+        ("gpt-4-429", "p429"),
+        ("gpt-4-401", "p401"),
+        ("gpt-4-400", "p400"),
+        ("gpt-4-slow", "slow"),
+    ] {
+        cfg.push_str(&format!(
+            "[[models]]\nname = \"{model}\"\ntargets = [{{ upstream = \"{up}\", model = \"gpt-4\" }}]\n{chain}"
+        ));
+    }
+    cfg.push_str("[[models]]\nname = \"claude-3\"\ntargets = [{ upstream = \"claude\" }]\n");
+    cfg.push_str("[[models]]\nname = \"gpt-3.5-turbo\"\ntargets = [{ upstream = \"gpt35\" }]\n");
+    let g = gateway(&cfg, &[]);
+    let ask = |model: &str| {
+        request(
+            g.addr,
+            &chat(&format!(r#"{{"model":"{model}","max_tokens":1}}"#)),
+        )
+    };
+    let claude0 = mock_stats(&claude).2;
+
+    let r = ask("gpt-4-5xx");
+    assert_eq!(
+        (r.status, r.header("x-tollgate-upstream")),
+        (200, Some("claude"))
+    );
+    assert_eq!(r.header("x-tollgate-model"), Some("claude-3"));
+    assert_eq!(r.header("x-tollgate-attempts"), Some("2"));
+    let r = ask("gpt-4-429");
+    assert_eq!(
+        (r.status, r.header("x-tollgate-upstream")),
+        (200, Some("gpt35"))
+    );
+    let t0 = Instant::now();
+    let r = ask("gpt-4-slow");
+    assert_eq!(
+        (r.status, r.header("x-tollgate-upstream")),
+        (200, Some("claude"))
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(2500),
+        "waited {:?}",
+        t0.elapsed()
+    );
+
+    // 401: no failover, no breaker change, a clear 502.
+    let (_, _, before) = mock_stats(&p401);
+    for _ in 0..8 {
+        let r = ask("gpt-4-401");
+        assert_eq!(r.status, 502);
+        assert_eq!(r.error_code(), "upstream_auth_failed");
+    }
+    let (_, _, after) = mock_stats(&p401);
+    assert_eq!(after - before - 1, 8, "the breaker must not open on 401s");
+    let claude1 = mock_stats(&claude).2;
+    assert_eq!(
+        claude1 - claude0 - 1,
+        2,
+        "claude served only the 5xx and slow cases:\n{}",
+        g.stderr()
+    );
+
+    // 400: the client's own mistake is passed through.
+    let r = ask("gpt-4-400");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("x-tollgate-upstream"), Some("p400"));
+}
+
+#[test]
+fn refused_connections_fail_over_without_client_errors() {
+    let dead = free_port();
+    let backup = mock(&[]);
+    let cfg = format!(
+        "[server]\nlisten = \"{{listen}}\"\n[log]\naccess = false\n{}{}\
+         [[models]]\nname = \"m\"\ntargets = [{{ upstream = \"dead\" }}, {{ upstream = \"backup\" }}]\n",
+        upstream("dead", &format!("127.0.0.1:{dead}")),
+        upstream("backup", &backup.addr.to_string()),
+    );
+    let g = gateway(&cfg, &[]);
+    let mut worst = Duration::ZERO;
+    for i in 0..200 {
+        let t0 = Instant::now();
+        let r = request(
+            g.addr,
+            &chat(&format!(
+                r#"{{"model":"m","max_tokens":1,"stream":{}}}"#,
+                i % 2 == 0
+            )),
+        );
+        worst = worst.max(t0.elapsed());
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-tollgate-upstream"), Some("backup"));
+    }
+    // A refused connect costs one loopback round trip, not a timeout.
+    assert!(worst < Duration::from_secs(1), "slowest request {worst:?}");
+}
