@@ -565,6 +565,36 @@ fn client_asked_usage_arrives_even_when_the_provider_sends_none() {
 }
 
 #[test]
+fn tokenizer_setting_per_model() {
+    let m = mock(&[]);
+    let models = "[[models]]\nname = \"counted\"\ntokenizer = \"o200k_base\"\ntargets = [{ upstream = \"mock\", model = \"llama-x\" }]\n\
+                  [[models]]\nname = \"uncounted\"\ntokenizer = \"none\"\ntargets = [{ upstream = \"mock\" }]\n";
+    let g = gateway(&config_for(&m, "", models), &[]);
+    let body = r#"{"model":"counted","max_tokens":1,"messages":[{"role":"user","content":"日本語のテキスト"}]}"#;
+    let r = request(g.addr, &chat(body));
+    // The mock counts llama-x with cl100k; the configured o200k differs on CJK.
+    let o200k =
+        tollgate::tokens::chat_prompt_tokens(tollgate::tokens::Encoding::O200k, body.as_bytes())
+            .unwrap();
+    assert_eq!(
+        r.header("x-tollgate-prompt-tokens"),
+        Some(o200k.to_string().as_str())
+    );
+    assert_ne!(r.json()["usage"]["prompt_tokens"].as_u64(), Some(o200k));
+    let r = request(g.addr, &chat(&body.replace("\"counted\"", "\"uncounted\"")));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-tollgate-prompt-tokens"), None);
+    let (code, err, _) = check_config(
+        "[[upstreams]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[[models]]\nname = \"m\"\ntokenizer = \"gpt2\"\ntargets = [{ upstream = \"a\" }]\n",
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("models[0].tokenizer") && err.contains("unknown tokenizer"),
+        "{err}"
+    );
+}
+
+#[test]
 fn non_streaming_response_without_usage_is_estimated_exactly() {
     let m = mock(&[]);
     let admin = free_port();

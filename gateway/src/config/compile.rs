@@ -226,6 +226,7 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
             hidden: m.hidden.unwrap_or(false),
             fallbacks,
             max_attempts,
+            tokenizer: m.tokenizer,
         });
     }
     let routes = match RouteTable::build(specs) {

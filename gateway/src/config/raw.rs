@@ -116,6 +116,9 @@ pub struct RawModel {
     pub fallbacks: Vec<RawFallback>,
     /// Attempts across targets and fallbacks, first included. Default 3.
     pub max_attempts: Option<u32>,
+    /// `o200k_base`, `cl100k_base` or `none`; default by model family
+    /// (o200k_base for gpt-4o/4.1/o-series, cl100k_base otherwise).
+    pub tokenizer: Option<crate::tokens::Tokenizer>,
 }
 
 /// `breaker = { ... }`

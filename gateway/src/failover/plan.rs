@@ -160,6 +160,7 @@ mod tests {
                 })
                 .collect(),
             max_attempts: 5,
+            tokenizer: None,
         }
     }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::glob::Glob;
 use crate::failover::{Breaker, Cond};
+use crate::tokens::Tokenizer;
 
 /// Index of an upstream in `Config::upstreams`.
 pub type UpstreamId = u32;
@@ -60,6 +61,8 @@ pub struct ModelSpec {
     pub fallbacks: Vec<Fallback>,
     /// Attempts across targets and fallbacks, first included.
     pub max_attempts: u32,
+    /// Token counting setting.
+    pub tokenizer: Option<Tokenizer>,
 }
 
 /// A compiled route.
@@ -79,6 +82,8 @@ pub struct Route {
     pub fallbacks: Vec<Fallback>,
     /// Attempts across targets and fallbacks, first included.
     pub max_attempts: u32,
+    /// Token counting setting (`None`: by model family).
+    pub tokenizer: Option<Tokenizer>,
 }
 
 /// The table.
@@ -129,6 +134,7 @@ impl RouteTable {
                 is_glob,
                 fallbacks: spec.fallbacks,
                 max_attempts: spec.max_attempts.max(1),
+                tokenizer: spec.tokenizer,
             });
         }
         // Fallbacks name models; resolve them now that all names are known.
@@ -243,6 +249,7 @@ mod tests {
             hidden: false,
             fallbacks: vec![],
             max_attempts: 3,
+            tokenizer: None,
         }
     }
 

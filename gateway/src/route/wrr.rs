@@ -69,6 +69,7 @@ mod tests {
             hidden: false,
             fallbacks: vec![],
             max_attempts: 1,
+            tokenizer: None,
         }])
         .unwrap();
         let mut p = Picker::default();

@@ -45,6 +45,13 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("starting the embedded mock on {}", m.listen))?;
         tracing::info!(listen = %m.listen, "embedded mock provider listening");
     }
+    // Build the BPE tables before the first request needs them.
+    let warm = Instant::now();
+    crate::tokens::warm_up();
+    tracing::debug!(
+        ms = warm.elapsed().as_millis() as u64,
+        "token encoders ready"
+    );
     let upstreams = crate::upstream::build(&cfg.upstreams).map_err(|e| anyhow!(e))?;
     crate::upstream::spawn_resolver(&upstreams);
     let created = SystemTime::now()

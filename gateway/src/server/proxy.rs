@@ -450,33 +450,16 @@ fn prepare(
 
 /// The encoding that counts tokens for a route's served model.
 fn tokens_for(route: &crate::route::Route, served: &str) -> Option<Encoding> {
-    let _ = route;
-    Some(Encoding::for_model(served))
+    crate::tokens::resolve(route.tokenizer, served)
 }
 
 /// Prompt tokens of a request body, before forwarding.
 fn prompt_tokens(ep: Endpoint, enc: Encoding, body: &[u8]) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let n = match ep {
-        Endpoint::ChatCompletions => enc.chat_prompt(v.get("messages")?.as_array()?),
-        Endpoint::Completions | Endpoint::Embeddings => {
-            let key = if ep == Endpoint::Completions {
-                "prompt"
-            } else {
-                "input"
-            };
-            match v.get(key)? {
-                serde_json::Value::String(s) => enc.count(s),
-                serde_json::Value::Array(a) => a
-                    .iter()
-                    .filter_map(|x| x.as_str())
-                    .map(|s| enc.count(s))
-                    .sum(),
-                _ => return None,
-            }
-        }
-    };
-    Some(n as u64)
+    match ep {
+        Endpoint::ChatCompletions => crate::tokens::chat_prompt_tokens(enc, body),
+        Endpoint::Completions => crate::tokens::completion_prompt_tokens(enc, body),
+        Endpoint::Embeddings => crate::tokens::embeddings_input_tokens(enc, body),
+    }
 }
 
 fn extract_error(e: ExtractError) -> Error {
