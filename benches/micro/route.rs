@@ -31,11 +31,7 @@ fn targets(weights: &[u32]) -> Vec<Target> {
     weights
         .iter()
         .enumerate()
-        .map(|(i, &weight)| Target {
-            upstream: i as u32,
-            model: None,
-            weight,
-        })
+        .map(|(i, &weight)| Target::new(i as u32, None, weight))
         .collect()
 }
 
@@ -47,29 +43,17 @@ fn table() -> RouteTable {
     for n in 0..EXACT {
         let (v, f) = (n % VENDORS, (n / VENDORS) % FAMILIES);
         specs.push(ModelSpec {
-            name: format!("vendor{v}-family{f}-{n}"),
             aliases: vec![format!("v{v}f{f}-{n}"), format!("vendor{v}/family{f}-{n}")],
-            targets: targets(&[5, 3, 2]),
-            hidden: false,
+            ..ModelSpec::new(format!("vendor{v}-family{f}-{n}"), targets(&[5, 3, 2]))
         });
     }
     for v in 0..VENDORS {
         for f in 0..FAMILIES {
-            specs.push(ModelSpec {
-                name: format!("vendor{v}-family{f}-*"),
-                aliases: vec![],
-                targets: targets(&[1]),
-                hidden: false,
-            });
+            specs.push(ModelSpec::new(format!("vendor{v}-family{f}-*"), targets(&[1])));
         }
     }
     for v in 0..VENDORS {
-        specs.push(ModelSpec {
-            name: format!("vendor{v}-*"),
-            aliases: vec![],
-            targets: targets(&[1]),
-            hidden: false,
-        });
+        specs.push(ModelSpec::new(format!("vendor{v}-*"), targets(&[1])));
     }
     RouteTable::build(specs).expect("the bench table is valid")
 }

@@ -35,6 +35,18 @@ pub struct Target {
     pub breaker: Arc<Breaker>,
 }
 
+impl Target {
+    /// A target with a default (closed) breaker.
+    pub fn new(upstream: UpstreamId, model: Option<Arc<str>>, weight: u32) -> Self {
+        Target {
+            upstream,
+            model,
+            weight,
+            breaker: Arc::new(Breaker::new(crate::failover::BreakerConfig::default())),
+        }
+    }
+}
+
 /// A fallback of a route.
 #[derive(Debug, Clone)]
 pub struct Fallback {
@@ -63,6 +75,21 @@ pub struct ModelSpec {
     pub max_attempts: u32,
     /// Token counting setting.
     pub tokenizer: Option<Tokenizer>,
+}
+
+impl ModelSpec {
+    /// A model with no aliases or fallbacks and default settings.
+    pub fn new(name: impl Into<String>, targets: Vec<Target>) -> Self {
+        ModelSpec {
+            name: name.into(),
+            aliases: Vec::new(),
+            targets,
+            hidden: false,
+            fallbacks: Vec::new(),
+            max_attempts: 3,
+            tokenizer: None,
+        }
+    }
 }
 
 /// A compiled route.
@@ -234,22 +261,11 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failover::BreakerConfig;
 
     fn spec(name: &str, aliases: &[&str]) -> ModelSpec {
         ModelSpec {
-            name: name.into(),
             aliases: aliases.iter().map(|s| s.to_string()).collect(),
-            targets: vec![Target {
-                upstream: 0,
-                model: None,
-                weight: 1,
-                breaker: Arc::new(Breaker::new(BreakerConfig::default())),
-            }],
-            hidden: false,
-            fallbacks: vec![],
-            max_attempts: 3,
-            tokenizer: None,
+            ..ModelSpec::new(name, vec![Target::new(0, None, 1)])
         }
     }
 
