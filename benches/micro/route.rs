@@ -49,7 +49,10 @@ fn table() -> RouteTable {
     }
     for v in 0..VENDORS {
         for f in 0..FAMILIES {
-            specs.push(ModelSpec::new(format!("vendor{v}-family{f}-*"), targets(&[1])));
+            specs.push(ModelSpec::new(
+                format!("vendor{v}-family{f}-*"),
+                targets(&[1]),
+            ));
         }
     }
     for v in 0..VENDORS {
