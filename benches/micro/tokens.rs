@@ -2,7 +2,8 @@
 //! (`tollgate::tokens::chat_prompt_tokens_with`), by engine — bpe-openai
 //! with its piece cache (production), bpe-openai alone, tiktoken-rs — with
 //! the per-worker message cache off (every message new) and on (every
-//! message seen before: a resent history). Plus plain text counting
+//! message seen before: a resent history), and the realistic next turn:
+//! the history cached plus one new ~1 KB user message. Plus plain text counting
 //! (`Encoding::count`, the stream accountant's path) on 16 KB of English,
 //! code and CJK.
 //!
@@ -16,7 +17,7 @@
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 use tollgate::tokens::{Counting, Encoding, Engine, chat_prompt_tokens_with};
 
@@ -37,15 +38,21 @@ const CJK: &str = "ゲートウェイはモデル名でルーティングし、�
 /// A chat body of about `size` bytes (never more, apart from the
 /// smallest possible turn).
 fn chat_body(size: usize) -> Vec<u8> {
+    body_of(&chat_messages(size))
+}
+
+fn body_of(messages: &[serde_json::Value]) -> Vec<u8> {
+    serde_json::to_vec(&json!({"model": "gpt-4o", "messages": messages, "stream": true}))
+        .expect("serializable")
+}
+
+/// The messages of [`chat_body`].
+fn chat_messages(size: usize) -> Vec<serde_json::Value> {
     let pieces = [ENGLISH, CODE, CJK];
     let mut messages = vec![json!({
         "role": "system",
         "content": "You are a careful assistant for an engineering team. Answer concisely."
     })];
-    let body = |messages: &[serde_json::Value]| {
-        serde_json::to_vec(&json!({"model": "gpt-4o", "messages": messages, "stream": true}))
-            .expect("serializable")
-    };
     let mut turn = 0;
     loop {
         let role = if turn % 2 == 0 { "user" } else { "assistant" };
@@ -55,7 +62,7 @@ fn chat_body(size: usize) -> Vec<u8> {
         for i in 0..3 {
             content.push_str(pieces[(turn + i) % pieces.len()]);
             messages.push(json!({"role": role, "content": content}));
-            let b = body(&messages);
+            let b = body_of(&messages);
             messages.pop();
             if b.len() > size {
                 break;
@@ -64,7 +71,7 @@ fn chat_body(size: usize) -> Vec<u8> {
         }
         match best {
             Some(c) => messages.push(json!({"role": role, "content": c})),
-            None => return body(&messages),
+            None => return messages,
         }
         turn += 1;
     }
@@ -86,6 +93,14 @@ fn prompt(c: &mut Criterion) {
                 Some(want)
             );
         }
+        let messages =
+            serde_json::from_slice::<serde_json::Value>(&body).expect("JSON")["messages"]
+                .as_array()
+                .map_or(0, Vec::len);
+        eprintln!(
+            "prompt/{label}: {} bytes, {messages} messages, {want} prompt tokens (o200k_base)",
+            body.len()
+        );
         group.throughput(Throughput::Bytes(body.len() as u64));
         let cases = [
             ("bpe/uncached", Engine::Bpe, false),
@@ -103,6 +118,31 @@ fn prompt(c: &mut Criterion) {
                 b.iter(|| chat_prompt_tokens_with(Encoding::O200k, black_box(body), how))
             });
         }
+    }
+    // The next turn of a conversation: the history was counted on the
+    // previous turn (cached), one new user message is not.
+    for (label, size) in SIZES {
+        let history = chat_messages(size);
+        let mut turn = 0u64;
+        let new_turn = |turn: u64| {
+            let mut m = history.clone();
+            let q = format!("Question {turn}: {}", ENGLISH.repeat(3));
+            m.push(json!({"role": "user", "content": q}));
+            body_of(&m)
+        };
+        let warm = new_turn(0);
+        chat_prompt_tokens_with(Encoding::O200k, &warm, Counting::DEFAULT);
+        group.throughput(Throughput::Bytes(warm.len() as u64));
+        group.bench_function(BenchmarkId::new("bpe/new_turn", label), |b| {
+            b.iter_batched(
+                || {
+                    turn += 1;
+                    new_turn(turn)
+                },
+                |body| chat_prompt_tokens_with(Encoding::O200k, &body, Counting::DEFAULT),
+                BatchSize::SmallInput,
+            )
+        });
     }
     group.finish();
 }
