@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command. On a fresh Debian machine it installs what the tests
 # need (idempotent), then runs, in order: rustfmt, clippy, every Rust test
-# (unit, property and end-to-end on real processes), and the Python tests
-# that drive the gateway with the official `openai` SDK.
+# (unit, property and end-to-end on real processes), a bounded fuzz run of
+# the SSE scanner, and the Python tests that drive the gateway with the
+# official `openai` SDK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -35,6 +36,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (unit, property, end-to-end)"
 cargo test --workspace --locked
+
+step "fuzz: SSE scanner + chunked decoder, bounded run"
+# By hand: the same instrumented build cargo-fuzz makes, without compiling
+# cargo-fuzz itself on a fresh machine. Longer runs: fuzz/run.sh 3600.
+FUZZ_BY_HAND=1 bash fuzz/run.sh "${FUZZ_SECONDS:-30}"
 
 step "python: official openai SDK against a real gateway"
 cargo build --locked -p tollgate --bin tollgate

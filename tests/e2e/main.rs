@@ -565,6 +565,23 @@ fn client_asked_usage_arrives_even_when_the_provider_sends_none() {
 }
 
 #[test]
+fn prompt_estimate_matches_the_provider_with_tools_too() {
+    let (_m, g) = basic();
+    let body = r#"{"model":"gpt-4o","max_tokens":1,"messages":[{"role":"user","content":"weather?"}],
+        "tools":[{"type":"function","function":{"name":"get_weather","description":"Weather for a city.",
+        "parameters":{"type":"object","properties":{"city":{"type":"string","description":"City name"},
+        "unit":{"type":"string","enum":["c","f"]}},"required":["city"]}}}]}"#;
+    let r = request(g.addr, &chat(body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let p = r.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(p > 20, "tools were counted: {p}");
+    assert_eq!(
+        r.header("x-tollgate-prompt-tokens"),
+        Some(p.to_string().as_str())
+    );
+}
+
+#[test]
 fn tokenizer_setting_per_model() {
     let m = mock(&[]);
     let models = "[[models]]\nname = \"counted\"\ntokenizer = \"o200k_base\"\ntargets = [{ upstream = \"mock\", model = \"llama-x\" }]\n\

@@ -1,9 +1,6 @@
 //! OpenAI-shaped answers of the mock: chat completions, legacy
 //! completions and embeddings, whole or as SSE events.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-
 use serde_json::{Value, json};
 
 use super::text::{Words, seed_for};
@@ -45,12 +42,6 @@ pub struct Ask {
     pub echo: Option<Value>,
 }
 
-thread_local! {
-    /// (encoding, prompt hash) -> prompt tokens. Benchmarks
-    /// repeat one prompt; tokenising it once keeps the mock fast.
-    static PROMPTS: RefCell<HashMap<(Encoding, u64), usize>> = RefCell::new(HashMap::new());
-}
-
 fn prompt_value(api: Api, body: &Value) -> &Value {
     let key = match api {
         Api::Chat => "messages",
@@ -60,28 +51,23 @@ fn prompt_value(api: Api, body: &Value) -> &Value {
     body.get(key).unwrap_or(&Value::Null)
 }
 
-fn prompt_tokens(api: Api, enc: Encoding, prompt: &Value, hash: u64) -> usize {
-    let cached = PROMPTS.with(|c| c.borrow().get(&(enc, hash)).copied());
-    if let Some(n) = cached {
-        return n;
-    }
-    let n = match (api, prompt) {
-        (Api::Chat, Value::Array(msgs)) => enc.chat_prompt(msgs),
-        (_, Value::String(s)) => enc.count(s),
-        (_, Value::Array(items)) => items
-            .iter()
-            .map(|i| i.as_str().map_or(0, |s| enc.count(s)))
-            .sum(),
-        _ => 0,
-    };
-    PROMPTS.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() > 4096 {
-            c.clear();
+/// Prompt tokens by the gateway's own counters, so that the gateway's
+/// estimate and the mock's `usage` agree by construction (tools, names,
+/// token-id arrays included). The server caches whole answers, so this
+/// runs once per distinct request.
+fn prompt_tokens(api: Api, enc: Encoding, body: &Value) -> usize {
+    let n = match api {
+        Api::Chat => crate::tokens::chat_prompt_tokens_value(enc, body),
+        Api::Completions | Api::Embeddings => {
+            let bytes = serde_json::to_vec(body).unwrap_or_default();
+            if api == Api::Completions {
+                crate::tokens::completion_prompt_tokens(enc, &bytes)
+            } else {
+                crate::tokens::embeddings_input_tokens(enc, &bytes)
+            }
         }
-        c.insert((enc, hash), n);
-    });
-    n
+    };
+    n.unwrap_or(0) as usize
 }
 
 /// Builds the answer.
@@ -92,7 +78,7 @@ pub fn answer(ask: &Ask) -> Answer {
     let prompt = prompt_value(ask.api, body);
     let prompt_text = prompt.to_string();
     let hash = seed_for(prompt_text.as_bytes(), ask.seed);
-    let p_tokens = prompt_tokens(ask.api, enc, prompt, hash);
+    let p_tokens = prompt_tokens(ask.api, enc, body);
     let created = 1_700_000_000u64;
     if ask.api == Api::Embeddings {
         return Answer::Json(embeddings(body, model, p_tokens, hash, ask));
