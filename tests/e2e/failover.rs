@@ -188,3 +188,69 @@ fn refused_connections_fail_over_without_client_errors() {
     // A refused connect costs one loopback round trip, not a timeout.
     assert!(worst < Duration::from_secs(1), "slowest request {worst:?}");
 }
+
+#[test]
+fn breakers_are_listed_forced_and_exported_on_the_admin_listener() {
+    let a = mock(&[]);
+    let b = mock(&["--status", "500"]);
+    let admin = free_port();
+    let cfg = format!(
+        "[server]\nlisten = \"{{listen}}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[log]\naccess = false\n{}{}\
+         [[models]]\nname = \"m\"\ntargets = [{{ upstream = \"a\" }}, {{ upstream = \"b\" }}]\n\
+         breaker = {{ max_failures = 2, break_duration = \"60s\" }}\n",
+        upstream("a", &a.addr.to_string()),
+        upstream("b", &b.addr.to_string()),
+    );
+    let g = gateway(&cfg, &[]);
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    // b fails twice (each time the request goes on to a): its breaker opens.
+    for _ in 0..10 {
+        let r = request(g.addr, &chat(r#"{"model":"m","max_tokens":1}"#));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-tollgate-upstream"), Some("a"));
+    }
+    let list = request(admin, &get("/breakers")).json();
+    let state = |list: &serde_json::Value, up: &str| {
+        list["breakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["upstream"] == up)
+            .unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(state(&list, "b"), "open");
+    assert_eq!(state(&list, "a"), "closed");
+    let metrics = request(admin, &get("/metrics")).text();
+    assert!(
+        metrics.contains("tollgate_breaker_state{model=\"m\",upstream=\"b\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "tollgate_upstream_failures_total{model=\"m\",upstream=\"b\",class=\"status_5xx\"} 2"
+        ),
+        "{metrics}"
+    );
+
+    // Force a open: with both open and no fallback, requests get a clear 503.
+    let r = request(admin, &post("/breakers/m/a/open", "", ""));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(state(&r.json(), "a"), "open");
+    let r = request(g.addr, &chat(r#"{"model":"m","max_tokens":1}"#));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error_code(), "no_healthy_target");
+    // Close both by hand: a serves again (b answers 500, fails over to a).
+    for up in ["a", "b"] {
+        let r = request(admin, &post(&format!("/breakers/m/{up}/close"), "", ""));
+        assert_eq!(r.status, 200);
+    }
+    let r = request(g.addr, &chat(r#"{"model":"m","max_tokens":1}"#));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        request(admin, &post("/breakers/m/zzz/open", "", "")).status,
+        404
+    );
+}

@@ -217,6 +217,7 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
                 model: t.model.as_deref().map(Arc::from),
                 weight: weight.clamp(1, 1_000_000),
                 breaker: Arc::new(Breaker::new(breaker_cfg)),
+                failures: Arc::default(),
             });
         }
         specs.push(ModelSpec {

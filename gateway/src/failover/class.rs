@@ -65,6 +65,11 @@ impl Class {
         }
     }
 
+    /// Position in [`Class::NAMES`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|&c| c == self).unwrap_or(0)
+    }
+
     /// The class of a name.
     pub fn from_name(s: &str) -> Option<Class> {
         Self::ALL.iter().copied().find(|c| c.name() == s)
@@ -133,6 +138,33 @@ impl Class {
             // target's health.
             Class::Auth | Class::ClientError => Effect::None,
         }
+    }
+}
+
+/// Failed attempts of one target, by class (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct FailureCounts([std::sync::atomic::AtomicU64; 12]);
+
+impl FailureCounts {
+    /// Counts one attempt that ended with `class` (`Ok` is not counted).
+    pub fn add(&self, class: Class) {
+        if class != Class::Ok {
+            self.0[class.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Non-zero counts by class.
+    pub fn snapshot(&self) -> Vec<(Class, u64)> {
+        Class::ALL
+            .iter()
+            .map(|&c| {
+                (
+                    c,
+                    self.0[c.index()].load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .filter(|&(_, n)| n > 0)
+            .collect()
     }
 }
 

@@ -13,5 +13,5 @@ pub mod condition;
 pub mod plan;
 
 pub use breaker::{Breaker, BreakerConfig, Permit, State, Transition, now_ms};
-pub use class::{Class, Effect};
+pub use class::{Class, Effect, FailureCounts};
 pub use condition::{Cond, Outcome};

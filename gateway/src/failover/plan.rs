@@ -142,6 +142,7 @@ mod tests {
                 max_failures: 1,
                 ..BreakerConfig::default()
             })),
+            failures: Arc::default(),
         }
     }
 

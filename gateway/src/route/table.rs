@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::glob::Glob;
-use crate::failover::{Breaker, Cond};
+use crate::failover::{Breaker, Cond, FailureCounts};
 use crate::tokens::Tokenizer;
 
 /// Index of an upstream in `Config::upstreams`.
@@ -33,6 +33,8 @@ pub struct Target {
     pub weight: u32,
     /// This target's circuit breaker, shared by all workers.
     pub breaker: Arc<Breaker>,
+    /// Failed attempts by class.
+    pub failures: Arc<FailureCounts>,
 }
 
 impl Target {
@@ -43,6 +45,7 @@ impl Target {
             model,
             weight,
             breaker: Arc::new(Breaker::new(crate::failover::BreakerConfig::default())),
+            failures: Arc::default(),
         }
     }
 }

@@ -60,6 +60,7 @@ mod tests {
                 model: None,
                 weight: w,
                 breaker: std::sync::Arc::new(crate::failover::Breaker::new(Default::default())),
+                failures: Default::default(),
             })
             .collect();
         let t = RouteTable::build(vec![ModelSpec {

@@ -1,4 +1,5 @@
-//! The admin listener: `GET /healthz`, `/status` and `/metrics` on a separate
+//! The admin listener: `GET /healthz`, `/status`, `/metrics`, the breaker
+//! API (`admin_breakers.rs`) on a separate
 //! address (and thread) so operators can probe a node without touching
 //! the client port. Metrics and key management land here later.
 
@@ -12,8 +13,8 @@ use monoio::net::TcpStream;
 use super::worker::{Driver, Shared, bind, run_on_runtime};
 use crate::config::DriverChoice;
 use crate::error::{Error, Kind};
-use crate::http::request;
 use crate::http::response::{Local, error, full};
+use crate::http::{Method, request};
 
 /// Starts the admin thread; returns once it listens.
 pub fn spawn(addr: SocketAddr, shared: Arc<Shared>, driver: Driver) -> std::io::Result<()> {
@@ -83,6 +84,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
             b"/metrics" => {
                 let mut text = String::with_capacity(4096);
                 shared.token_metrics.render(&mut text);
+                super::admin_breakers::render(shared, &mut text);
                 full(
                     &mut out,
                     200,
@@ -122,15 +124,34 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                     r,
                 );
             }
-            _ => error(
+            b"/breakers" => full(
                 &mut out,
-                &Error::new(
-                    Kind::NotFound,
-                    "admin serves /healthz, /status and /metrics",
-                ),
-                b"admin",
-                r.close,
+                200,
+                &[],
+                b"application/json",
+                super::admin_breakers::list(shared).as_bytes(),
+                r,
             ),
+            path => {
+                let action = path
+                    .strip_prefix(b"/breakers/")
+                    .filter(|_| head.method == Method::Post)
+                    .map(|p| {
+                        let p = String::from_utf8_lossy(p);
+                        let q = String::from_utf8_lossy(head.query(&buf));
+                        super::admin_breakers::act(shared, &p, q.trim_start_matches('?'))
+                    })
+                    .unwrap_or_else(|| {
+                        Err(Error::new(
+                            Kind::NotFound,
+                            "admin serves GET /healthz, /status, /metrics, /breakers and POST /breakers/{model}/{upstream}/{open|close}",
+                        ))
+                    });
+                match action {
+                    Ok(body) => full(&mut out, 200, &[], b"application/json", body.as_bytes(), r),
+                    Err(e) => error(&mut out, &e, b"admin", r.close),
+                }
+            }
         }
         buf.drain(..head.len);
         let (res, _) = s.write_all(out).await;

@@ -11,6 +11,7 @@
 
 mod account;
 mod admin;
+mod admin_breakers;
 mod client;
 mod conn;
 mod drain;

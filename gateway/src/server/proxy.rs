@@ -222,6 +222,13 @@ pub async fn handle(
                     };
                     relay(w, wr, p, head.minor, !keep_alive, rid, log, &mut acct, ctx).await
                 };
+                let class = match &r {
+                    Ok(Done::Relayed { status, .. }) => Class::of_status(*status, b""),
+                    Ok(Done::Aborted { status: 499 } | Done::Local) => Class::Ok,
+                    Ok(Done::Aborted { .. }) => Class::Reset,
+                    Err(f) => f.outcome.class,
+                };
+                target.failures.add(class);
                 let (effect, retry_after) = match &r {
                     Ok(Done::Relayed { status, .. }) => {
                         (Class::of_status(*status, b"").breaker_effect(), None)
