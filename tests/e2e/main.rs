@@ -315,6 +315,31 @@ fn chunked_request_bodies_and_expect_continue() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["usage"]["completion_tokens"], 2);
 
+    // Framing overhead counts against the limit too: tiny chunks with long
+    // extensions cannot make the gateway buffer without bound.
+    let mut c = Conn::open(g.addr);
+    c.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let ext = "e".repeat(16 * 1024);
+    let mut status = None;
+    for _ in 0..2000 {
+        if std::io::Write::write_all(&mut c.s, format!("1;{ext}\r\nx\r\n").as_bytes()).is_err() {
+            break;
+        }
+        c.s.set_nonblocking(true).unwrap();
+        let mut peek = [0u8; 1];
+        let ready = c.s.peek(&mut peek).is_ok_and(|n| n > 0);
+        c.s.set_nonblocking(false).unwrap();
+        if ready {
+            status = Some(c.read_response().unwrap().status);
+            break;
+        }
+    }
+    assert_eq!(
+        status,
+        Some(413),
+        "the gateway kept reading framing overhead"
+    );
+
     // Expect: 100-continue: the gateway says 100 before the body is sent.
     let mut c = Conn::open(g.addr);
     c.send(format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());

@@ -7,8 +7,13 @@
 //!   `min_calls` were seen) at or above `failure_rate`, trip it.
 //! - `Open`: calls are refused until `open_until`. Each trip in a row
 //!   lengthens the break by `growth`, capped at `max_break`.
-//! - `HalfOpen`: after the break, up to `probes` calls are let through;
-//!   a success closes the breaker, a failure opens it again.
+//! - `HalfOpen`: after the break, up to `probes` calls per probe window
+//!   (one break long) are let through; a probe's success closes the
+//!   breaker, a probe's failure opens it again. Outcomes of calls admitted
+//!   before the break do not move a half-open breaker. Probes are counted
+//!   per window, never handed back, so a probe whose outcome is never
+//!   recorded (the client left) cannot lock the target out: the next
+//!   window admits a new one.
 //!
 //! A 429 is not a failure: it puts the target into a cooldown for the
 //! `Retry-After` time (or `cooldown` by default) during which it is skipped.
@@ -134,7 +139,10 @@ pub struct Breaker {
     consecutive: AtomicU32,
     open_until: AtomicU64,
     trips: AtomicU32,
+    /// Probes admitted in the current probe window.
     probes: AtomicU32,
+    /// Start of the current probe window.
+    probe_window: AtomicU64,
     cooldown_until: AtomicU64,
     window_bits: AtomicU64,
     calls: AtomicU64,
@@ -150,6 +158,7 @@ impl Breaker {
             open_until: AtomicU64::new(0),
             trips: AtomicU32::new(0),
             probes: AtomicU32::new(0),
+            probe_window: AtomicU64::new(0),
             cooldown_until: AtomicU64::new(0),
             window_bits: AtomicU64::new(0),
             calls: AtomicU64::new(0),
@@ -189,25 +198,31 @@ impl Breaker {
                 if now < self.open_until.load(Ordering::Acquire) {
                     return Permit::Open;
                 }
-                // Break over: the first worker here moves it to half-open.
-                if self
+                // Break over: the first worker here moves it to half-open
+                // (the probe window starts at 0, so the first probe opens it).
+                let _ = self
                     .state
-                    .compare_exchange(1, 2, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    self.probes.store(0, Ordering::Release);
-                }
-                self.probe()
+                    .compare_exchange(1, 2, Ordering::AcqRel, Ordering::Acquire);
+                self.probe(now)
             }
-            State::HalfOpen => self.probe(),
+            State::HalfOpen => self.probe(now),
         }
     }
 
-    fn probe(&self) -> Permit {
+    fn probe(&self, now: u64) -> Permit {
+        let start = self.probe_window.load(Ordering::Acquire);
+        let window = self.cfg.break_duration.as_millis().max(1) as u64;
+        if now >= start.saturating_add(window)
+            && self
+                .probe_window
+                .compare_exchange(start, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.probes.store(0, Ordering::Release);
+        }
         if self.probes.fetch_add(1, Ordering::AcqRel) < self.cfg.probes {
             Permit::Probe
         } else {
-            self.probes.fetch_sub(1, Ordering::AcqRel);
             Permit::Open
         }
     }
@@ -242,7 +257,9 @@ impl Breaker {
                 let c = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
                 let state = State::from_u8(self.state.load(Ordering::Acquire));
                 let trip = match state {
-                    State::HalfOpen => true,
+                    // Only a probe's failure re-opens; a call admitted
+                    // before the break ended says nothing new.
+                    State::HalfOpen => probe,
                     State::Open => false,
                     State::Closed => {
                         (self.cfg.max_failures > 0 && c >= self.cfg.max_failures)
@@ -255,17 +272,9 @@ impl Breaker {
                 let d = retry_after.unwrap_or(self.cfg.cooldown);
                 self.cooldown_until
                     .fetch_max(now + d.as_millis() as u64, Ordering::AcqRel);
-                if probe {
-                    self.probes.fetch_sub(1, Ordering::AcqRel);
-                }
                 None
             }
-            Effect::None => {
-                if probe {
-                    self.probes.fetch_sub(1, Ordering::AcqRel);
-                }
-                None
-            }
+            Effect::None => None,
         }
     }
 
@@ -283,6 +292,8 @@ impl Breaker {
             return None;
         }
         let trips = self.trips.fetch_add(1, Ordering::AcqRel);
+        self.probe_window.store(0, Ordering::Release);
+        self.probes.store(0, Ordering::Release);
         let base = self.cfg.break_duration.as_secs_f64();
         let secs = (base * self.cfg.growth.powi(trips.min(30) as i32))
             .min(self.cfg.max_break.as_secs_f64());
@@ -307,6 +318,8 @@ impl Breaker {
         self.consecutive.store(0, Ordering::Release);
         self.trips.store(0, Ordering::Release);
         self.cooldown_until.store(0, Ordering::Release);
+        self.probe_window.store(0, Ordering::Release);
+        self.probes.store(0, Ordering::Release);
         self.reset_window();
     }
 
@@ -439,6 +452,36 @@ mod tests {
         // 5 of 10 failed, the tenth call was a success: judged on the next failure.
         assert!(!opened);
         assert!(b.record(Permit::Go, Effect::Failure, None, 0).is_some());
+    }
+
+    #[test]
+    fn a_lost_probe_does_not_lock_the_target_out() {
+        let b = Breaker::new(cfg());
+        for _ in 0..3 {
+            b.record(Permit::Go, Effect::Failure, None, 0);
+        }
+        let t = b.open_until.load(Ordering::Acquire);
+        // The probe's client leaves: its outcome is never recorded.
+        assert_eq!(b.permit(t), Permit::Probe);
+        assert_eq!(b.permit(t + 10), Permit::Open);
+        // One probe window later a new probe is allowed, and closes it.
+        let p = b.permit(t + 100);
+        assert_eq!(p, Permit::Probe);
+        assert_eq!(b.record(p, Effect::None, None, t + 100), None);
+        let p = b.permit(t + 200);
+        assert_eq!(
+            b.record(p, Effect::Success, None, t + 201),
+            Some(Transition::Closed)
+        );
+        // A late failure of a call admitted while closed does not re-open
+        // a half-open breaker.
+        for _ in 0..3 {
+            b.record(Permit::Go, Effect::Failure, None, t + 300);
+        }
+        let t2 = b.open_until.load(Ordering::Acquire);
+        assert_eq!(b.permit(t2), Permit::Probe);
+        assert_eq!(b.record(Permit::Go, Effect::Failure, None, t2), None);
+        assert_eq!(b.state(t2), State::HalfOpen);
     }
 
     #[test]

@@ -202,12 +202,34 @@ impl Accountant {
                     }
                     rw.done_to = ev.end;
                 });
-                let consumed =
-                    ((rw.done_to.saturating_sub(rw.base)) as usize).min(rw.pending.len());
-                rw.pending.drain(..consumed);
-                rw.base += consumed as u64;
+                if scanner.is_idle() {
+                    // Between events: bytes that belong to no event
+                    // (`: keep-alive` comments, stray blank lines) go out
+                    // now instead of waiting for the next event.
+                    let from = (rw.done_to.saturating_sub(rw.base) as usize).min(rw.pending.len());
+                    out.extend_from_slice(&rw.pending[from..]);
+                    rw.done_to = scanner.offset();
+                }
+                let give_up = rw.pending.len() > MAX_EVENT;
+                if give_up {
+                    // An event larger than any real one (or a body that is
+                    // not SSE): stop holding bytes back and pass the rest
+                    // through as it is (a usage chunk may then reach a
+                    // client that did not ask for it).
+                    let from = (rw.done_to.saturating_sub(rw.base) as usize).min(rw.pending.len());
+                    out.extend_from_slice(&rw.pending[from..]);
+                    rw.pending.clear();
+                } else {
+                    let consumed =
+                        (rw.done_to.saturating_sub(rw.base) as usize).min(rw.pending.len());
+                    rw.pending.drain(..consumed);
+                    rw.base += consumed as u64;
+                }
                 if let Some(f) = fwd {
                     f.extend_from_slice(&out);
+                }
+                if give_up {
+                    self.rewrite = None;
                 }
             }
         }
@@ -350,4 +372,81 @@ fn body_text(body: &[u8]) -> Option<String> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewriting(strip: bool, add: bool) -> Accountant {
+        let mut a = Accountant::new(
+            Some(Encoding::Cl100k),
+            true,
+            Some(7),
+            true,
+            Arc::from("rid"),
+            Arc::from("m"),
+        );
+        assert!(a.start(200, strip, add));
+        a
+    }
+
+    const CHUNK: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" hi\"}}]}\n\n";
+    const USAGE: &str =
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1}}\n\n";
+
+    #[test]
+    fn heartbeats_pass_at_once_and_the_usage_chunk_is_dropped() {
+        let mut a = rewriting(true, false);
+        let mut out = Vec::new();
+        a.payload(b": keep-alive\n\n", Some(&mut out));
+        assert_eq!(out, b": keep-alive\n\n");
+        out.clear();
+        // An event split in two reads goes out whole once complete.
+        let (x, y) = CHUNK.split_at(20);
+        a.payload(x.as_bytes(), Some(&mut out));
+        assert!(out.is_empty());
+        a.payload(y.as_bytes(), Some(&mut out));
+        assert_eq!(out, CHUNK.as_bytes());
+        out.clear();
+        a.payload(
+            format!("{USAGE}data: [DONE]\n\n").as_bytes(),
+            Some(&mut out),
+        );
+        assert_eq!(out, b"data: [DONE]\n\n");
+        let t = a.tally();
+        assert_eq!(t.completion, (1, Source::Provider));
+    }
+
+    #[test]
+    fn missing_usage_is_added_before_done_when_asked() {
+        let mut a = rewriting(false, true);
+        let mut out = Vec::new();
+        a.payload(
+            format!("{CHUNK}data: [DONE]\n\n").as_bytes(),
+            Some(&mut out),
+        );
+        let text = String::from_utf8(out).unwrap();
+        let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 3, "{text}");
+        let usage: serde_json::Value =
+            serde_json::from_str(events[1].strip_prefix("data: ").unwrap()).unwrap();
+        assert_eq!(usage["usage"]["completion_tokens"], 1);
+        assert_eq!(usage["usage"]["prompt_tokens"], 7);
+        assert_eq!(events[2], "data: [DONE]");
+        assert_eq!(a.tally().completion, (1, Source::Estimated));
+    }
+
+    #[test]
+    fn an_oversized_event_stops_the_hold_back() {
+        let mut a = rewriting(true, false);
+        let mut out = Vec::new();
+        let big = vec![b'x'; MAX_EVENT + 10];
+        a.payload(b"data: ", Some(&mut out));
+        a.payload(&big, Some(&mut out));
+        assert_eq!(out.len(), 6 + big.len(), "everything held was released");
+        out.clear();
+        a.payload(b"more", Some(&mut out));
+        assert_eq!(out, b"more", "and later bytes pass straight through");
+    }
 }

@@ -306,6 +306,12 @@ async fn read_body(
                         wire_len: pos,
                     });
                 }
+                // Framing overhead (sizes, extensions) is bounded too: a
+                // body of tiny chunks with long extensions must not make
+                // the buffer grow without limit.
+                if pos - head.len > 2 * limits.max_body_bytes + 64 * 1024 {
+                    return Err(too_large());
+                }
                 read_more(cin, deadline).await?;
             }
         }

@@ -239,7 +239,9 @@ pub async fn relay(
     let mut pay = Vec::new();
     let fed = match feed(&mut body, acct, emit, &buf[head.len..], &mut pay) {
         Ok(f) => f,
-        Err(_) => return Ok(Done::Aborted { status }),
+        // Nothing reached the client yet: an answerable (and retryable)
+        // upstream failure, not a silent close.
+        Err(e) => return Err(fail(e, Class::Reset, started, decide)),
     };
     match emit {
         Emit::Raw => out.extend_from_slice(&buf[head.len..head.len + fed.forward]),

@@ -51,7 +51,13 @@ pub struct TokenMetrics {
 impl TokenMetrics {
     /// The counters of a model, created on first use.
     pub fn counters(&self, model: &str) -> Arc<ModelCounters> {
-        if let Some(c) = self.models.read().ok().and_then(|m| m.get(model).cloned()) {
+        if let Some(c) = self.models.read().ok().and_then(|m| {
+            // Past the cap, unknown names share "other" without ever
+            // taking the write lock again.
+            m.get(model)
+                .or_else(|| (m.len() >= MAX_MODELS).then(|| m.get("other")).flatten())
+                .cloned()
+        }) {
             return c;
         }
         let Ok(mut m) = self.models.write() else {
