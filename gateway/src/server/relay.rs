@@ -33,6 +33,9 @@ use crate::upstream::response::{self, Added, ClientFraming, Framing, ResponseHea
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Upstream read buffer size.
 const READ_BUF: usize = 16 * 1024;
+/// How soon after sending a pooled connection must fail to count as
+/// stale (closed by the server while idle) rather than as a failure.
+const STALE_WINDOW: Duration = Duration::from_millis(250);
 /// Pooled connections tried before insisting on a new one.
 const STALE_RETRIES: u32 = 3;
 
@@ -123,6 +126,7 @@ pub async fn relay(
             None
         };
         let reused = pooled.is_some();
+        let sent_at = Instant::now();
         let mut conn = match pooled {
             Some(c) => c,
             None => match UpConn::connect(up).await {
@@ -152,7 +156,12 @@ pub async fn relay(
             .map_or(cfg.response_timeout, |l| l.min(cfg.response_timeout));
         match read_head(&mut conn, wait, &up.cfg.name).await {
             Ok((buf, head)) => break (conn, buf, head),
-            Err(HeadError::ClosedEarly(_)) if reused => stale += 1,
+            // A pooled connection the server had closed fails at once;
+            // one that dies later may have been working on the request,
+            // so it is a failed attempt (failover decides), not a resend.
+            Err(HeadError::ClosedEarly(_)) if reused && sent_at.elapsed() < STALE_WINDOW => {
+                stale += 1
+            }
             Err(HeadError::ClosedEarly(e) | HeadError::Fail(e)) => {
                 let class = if e.kind == Kind::UpstreamTimeout {
                     Class::FirstByteTimeout

@@ -59,6 +59,14 @@ pub fn parse(buf: &[u8]) -> Result<Option<ResponseHead>, Error> {
         start..start + s.len()
     };
     let status = resp.code.unwrap_or(0);
+    if status == 101 {
+        // Nothing the gateway sends asks for an upgrade; a 101 would turn
+        // the connection into another protocol.
+        return Err(Error::new(
+            Kind::UpstreamProtocol,
+            "upstream switched protocols (101) unasked",
+        ));
+    }
     let reason = resp.reason.map(|r| off(r.as_bytes())).unwrap_or(0..0);
     let minor = resp.version.unwrap_or(1);
     let mut headers = Vec::with_capacity(resp.headers.len());
