@@ -11,9 +11,15 @@ root=$(pwd)
 step() { printf '\n== %s\n' "$*"; }
 
 # --- what the tests need ------------------------------------------------
-if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-  step "installing python3-venv"
-  apt-get update -qq && apt-get install -y -qq python3-venv
+need=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v redis-server >/dev/null || need+=(redis-server)   # shared breaker tests
+command -v c++ >/dev/null || need+=(g++)                     # libFuzzer for the fuzz run
+if [ ${#need[@]} -gt 0 ]; then
+  step "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  # The tests start their own redis-server on free ports.
+  if command -v systemctl >/dev/null; then systemctl stop redis-server 2>/dev/null || true; fi
 fi
 venv="$root/target/pyenv"
 req="$root/tests/python/requirements.txt"

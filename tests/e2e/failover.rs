@@ -254,3 +254,78 @@ fn breakers_are_listed_forced_and_exported_on_the_admin_listener() {
         404
     );
 }
+
+#[test]
+fn a_breaker_opened_on_one_node_is_honoured_by_the_other() {
+    let redis = redis();
+    let primary = mock(&["--status", "503"]);
+    let backup = mock(&[]);
+    let node = |admin: u16| {
+        format!(
+            "[server]\nlisten = \"{{listen}}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[log]\naccess = false\n\
+             [store]\nkind = \"redis\"\nurl = \"redis://{}\"\n{}{}\
+             [[models]]\nname = \"gpt-4\"\ntargets = [{{ upstream = \"primary\" }}]\n\
+             breaker = {{ max_failures = 2, break_duration = \"30s\" }}\n\
+             fallbacks = [{{ model = \"backup\" }}]\n\
+             [[models]]\nname = \"backup\"\ntargets = [{{ upstream = \"backup\" }}]\n",
+            redis.addr,
+            upstream("primary", &primary.addr.to_string()),
+            upstream("backup", &backup.addr.to_string()),
+        )
+    };
+    let (admin_a, admin_b) = (free_port(), free_port());
+    let a = gateway(&node(admin_a), &[]);
+    let b = gateway(&node(admin_b), &[]);
+    let b_admin: std::net::SocketAddr = format!("127.0.0.1:{admin_b}").parse().unwrap();
+    let primary_state = |admin: std::net::SocketAddr| {
+        request(admin, &get("/breakers")).json()["breakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["upstream"] == "primary")
+            .unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(primary_state(b_admin), "closed");
+    // Two failures on node A open its breaker...
+    for _ in 0..2 {
+        let r = request(a.addr, &chat(r#"{"model":"gpt-4","max_tokens":1}"#));
+        assert_eq!(r.header("x-tollgate-upstream"), Some("backup"));
+    }
+    // ...and node B, which never saw a failure, adopts it within a second.
+    let t0 = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(2), || primary_state(b_admin) == "open"),
+        "node B did not adopt the open breaker"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let (_, _, before) = mock_stats(&primary);
+    let r = request(b.addr, &chat(r#"{"model":"gpt-4","max_tokens":1}"#));
+    assert_eq!(
+        (r.status, r.header("x-tollgate-upstream")),
+        (200, Some("backup"))
+    );
+    assert_eq!(
+        r.header("x-tollgate-attempts"),
+        Some("1"),
+        "B skipped the primary"
+    );
+    let (_, _, after) = mock_stats(&primary);
+    assert_eq!(
+        after - before,
+        1,
+        "only the stats call itself reached the primary"
+    );
+    // Redis gone: both nodes keep serving on their own state.
+    drop(redis);
+    for g in [&a, &b] {
+        let r = request(g.addr, &chat(r#"{"model":"gpt-4","max_tokens":1}"#));
+        assert_eq!(r.status, 200);
+    }
+}

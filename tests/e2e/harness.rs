@@ -12,13 +12,26 @@ use tollgate::http::chunked::ChunkedDecoder;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
-/// A free loopback port (bound then released).
+/// A free loopback port, never the same twice in this test run: tests
+/// run in parallel, and a port released by `bind(0)` can be handed out
+/// again before the process meant to use it binds it. Ports come from a
+/// per-run counter below the kernel's ephemeral range, each checked free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        10_000 + (std::process::id() * 7919) % 15_000,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::AcqRel);
+        let port = (10_000 + p % 20_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A child process killed on drop; stderr goes to a file shown on failure.
@@ -379,4 +392,46 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     cond()
+}
+
+/// Starts a private `redis-server` on a free port (no persistence).
+pub fn redis() -> Proc {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tmpdir();
+    let log = dir.join("redis.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &addr.port().to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir.to_string_lossy(),
+        ])
+        .stdout(f)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is needed (tests/run.sh installs it)");
+    let p = Proc { child, log, addr };
+    let t0 = Instant::now();
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = s.write_all(b"PING\r\n");
+            let mut b = [0u8; 7];
+            if s.read(&mut b).is_ok_and(|n| n >= 5) && b.starts_with(b"+PONG") {
+                return p;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "redis did not start:\n{}",
+            p.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::raw::{RawBreaker, RawConfig, RawUpstream};
 use super::{
     Config, ConfigError, DriverChoice, Limits, LogConfig, MockConfig, Provider, Secret,
-    ServerConfig, UpstreamConfig, duration,
+    ServerConfig, StoreConfig, UpstreamConfig, duration,
 };
 use crate::failover::{Breaker, BreakerConfig, Cond};
 use crate::route::{Fallback, ModelSpec, RouteTable, Target};
@@ -250,8 +250,43 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
         errs.push("mock.listen", "must differ from server.listen");
     }
 
+    let store = match (
+        raw.store.kind.as_deref().unwrap_or("memory"),
+        &raw.store.url,
+    ) {
+        ("memory", _) => StoreConfig::Memory,
+        ("redis", Some(url)) if url.starts_with("redis://") => {
+            StoreConfig::Redis { url: url.clone() }
+        }
+        ("redis", Some(url)) => {
+            errs.push("store.url", format!("`{url}` is not a redis:// URL"));
+            StoreConfig::Memory
+        }
+        ("redis", None) => {
+            errs.push(
+                "store.url",
+                "kind = \"redis\" needs url = \"redis://host:port\"",
+            );
+            StoreConfig::Memory
+        }
+        (other, _) => {
+            errs.push(
+                "store.kind",
+                format!("unknown store `{other}`; use memory or redis"),
+            );
+            StoreConfig::Memory
+        }
+    };
+    match raw.store.on_store_error.as_deref() {
+        None | Some("fail_open") => {}
+        Some(other) => errs.push(
+            "store.on_store_error",
+            format!("`{other}` is not supported; the gateway fails open (fail_open)"),
+        ),
+    }
     if errs.0.is_empty() {
         Ok(Config {
+            store,
             source: path.to_path_buf(),
             server,
             log,

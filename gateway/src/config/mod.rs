@@ -91,6 +91,20 @@ pub struct Config {
     pub routes: RouteTable,
     /// `[mock]`.
     pub mock: Option<MockConfig>,
+    /// `[store]`.
+    pub store: StoreConfig,
+}
+
+/// `[store]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Per-node state only.
+    Memory,
+    /// Shared through Redis.
+    Redis {
+        /// Connection URL.
+        url: String,
+    },
 }
 
 /// Which monoio driver the workers run.

@@ -22,6 +22,21 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
     /// Optional in-process mock provider (quickstart, tests).
     pub mock: Option<RawMock>,
+    /// Shared state between gateway nodes.
+    #[serde(default)]
+    pub store: RawStore,
+}
+
+/// `[store]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `memory` (one node, the default) or `redis` (nodes share state).
+    pub kind: Option<String>,
+    /// `redis://host:port[/db]` for kind = "redis".
+    pub url: Option<String>,
+    /// `fail_open` (default): a store outage degrades to per-node state.
+    pub on_store_error: Option<String>,
 }
 
 /// `[server]`

@@ -312,6 +312,18 @@ impl Breaker {
         self.state.store(1, Ordering::Release);
     }
 
+    /// Opens for `d` because another node's breaker of the same target
+    /// opened; a breaker already open at least that long is left alone
+    /// (50 ms of slack absorbs clock and polling jitter).
+    pub fn adopt_open(&self, d: Duration, now: u64) {
+        let until = now + d.as_millis() as u64;
+        let open = State::from_u8(self.state.load(Ordering::Acquire)) == State::Open;
+        if open && self.open_until.load(Ordering::Acquire) + 50 >= until {
+            return;
+        }
+        self.force_open(d, now);
+    }
+
     /// Closes and clears everything.
     pub fn reset(&self) {
         self.state.store(0, Ordering::Release);

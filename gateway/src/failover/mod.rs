@@ -3,14 +3,16 @@
 //! (`condition`).
 //!
 //! # Failure behavior
-//! Breakers are in-process state; they start closed and are rebuilt on
-//! restart. A wrong decision fails open (the target is tried), never
-//! closed for longer than the configured break.
+//! Breakers are per node, shared through Redis when `[store] kind =
+//! "redis"` (`shared`); they start closed on restart. A wrong decision
+//! fails open (the target is tried), never closed for longer than the
+//! configured break.
 
 pub mod breaker;
 pub mod class;
 pub mod condition;
 pub mod plan;
+pub mod shared;
 
 pub use breaker::{Breaker, BreakerConfig, Permit, State, Transition, now_ms};
 pub use class::{Class, Effect, FailureCounts};

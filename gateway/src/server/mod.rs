@@ -61,7 +61,31 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let token_metrics = Arc::new(crate::usage::TokenMetrics::default());
     let sinks =
         crate::usage::Sinks::new(vec![Arc::new(crate::usage::LogSink), token_metrics.clone()]);
+    let breaker_sync = match &cfg.store {
+        crate::config::StoreConfig::Memory => None,
+        crate::config::StoreConfig::Redis { url } => {
+            let mut offsets = Vec::with_capacity(cfg.routes.len());
+            let mut all = Vec::new();
+            for r in cfg.routes.routes() {
+                offsets.push(all.len());
+                for (i, t) in r.targets.iter().enumerate() {
+                    let up = cfg
+                        .upstreams
+                        .get(t.upstream as usize)
+                        .map_or("?", |u| u.name.as_ref());
+                    all.push(crate::failover::shared::Shared {
+                        key: format!("tollgate:breaker:{}:{}:{i}", r.name, up),
+                        breaker: t.breaker.clone(),
+                    });
+                }
+            }
+            let sync = crate::failover::shared::start(url, all).map_err(|e| anyhow!(e))?;
+            tracing::info!(%url, "circuit breakers shared through redis");
+            Some((sync, offsets))
+        }
+    };
     let shared = Arc::new(Shared {
+        breaker_sync,
         token_metrics,
         sinks,
         models_json: local::models_json(&cfg, created),

@@ -215,10 +215,15 @@ pub async fn handle(
                     let limit = (pick.route == route_id)
                         .then_some(first_byte_limit)
                         .flatten();
+                    let mut on_head = |status: u16| {
+                        let effect = Class::of_status(status, b"").breaker_effect();
+                        record_outcome(w, pick, effect, None, rid);
+                    };
                     let ctx = Attempt {
                         number: attempt,
                         first_byte_limit: limit,
                         decide: &mut decide,
+                        on_head: &mut on_head,
                     };
                     relay(w, wr, p, head.minor, !keep_alive, rid, log, &mut acct, ctx).await
                 };
@@ -229,19 +234,15 @@ pub async fn handle(
                     Err(f) => f.outcome.class,
                 };
                 target.failures.add(class);
-                let (effect, retry_after) = match &r {
-                    Ok(Done::Relayed { status, .. }) => {
-                        (Class::of_status(*status, b"").breaker_effect(), None)
-                    }
-                    Ok(Done::Aborted { status: 499 }) | Ok(Done::Local) => (Effect::None, None),
-                    Ok(Done::Aborted { .. }) => (Effect::Failure, None),
-                    Err(f) => (f.outcome.class.breaker_effect(), f.retry_after),
+                // Relayed answers were recorded when their head came in.
+                let late = match &r {
+                    Ok(Done::Relayed { .. } | Done::Local | Done::Aborted { status: 499 }) => None,
+                    // Cut after the head: the upstream failed mid-answer.
+                    Ok(Done::Aborted { .. }) => Some((Effect::Failure, None)),
+                    Err(f) => Some((f.outcome.class.breaker_effect(), f.retry_after)),
                 };
-                if let Some(t) = target
-                    .breaker
-                    .record(pick.permit, effect, retry_after, now_ms())
-                {
-                    breaker_log(w, pick, t, rid);
+                if let Some((effect, retry_after)) = late {
+                    record_outcome(w, pick, effect, retry_after, rid);
                 }
                 let f = match r {
                     Ok(done) => return Ok(done),
@@ -325,6 +326,28 @@ pub async fn handle(
     };
     w.shared.sinks.record(&rec);
     result
+}
+
+/// Feeds an attempt's outcome to its target's breaker; logs and shares
+/// (through the store) a transition.
+fn record_outcome(
+    w: &Worker,
+    pick: Pick,
+    effect: Effect,
+    retry_after: Option<Duration>,
+    rid: &[u8],
+) {
+    let target = &w.cfg().routes.route(pick.route).targets[pick.target];
+    let Some(t) = target
+        .breaker
+        .record(pick.permit, effect, retry_after, now_ms())
+    else {
+        return;
+    };
+    breaker_log(w, pick, t, rid);
+    if let (Transition::Opened(d), Some((sync, offsets))) = (t, &w.shared.breaker_sync) {
+        sync.publish(offsets[pick.route as usize] + pick.target, d);
+    }
 }
 
 fn breaker_log(w: &Worker, pick: Pick, t: Transition, rid: &[u8]) {

@@ -66,6 +66,10 @@ pub struct Attempt<'a> {
     /// Asked when the attempt failed before anything reached the client:
     /// true when another target will be tried (this response is dropped).
     pub decide: &'a mut dyn FnMut(&Outcome) -> bool,
+    /// Called with the status of the response that will be relayed, as
+    /// soon as its head is in (the breaker learns the outcome before the
+    /// client has the whole answer).
+    pub on_head: &'a mut dyn FnMut(u16),
 }
 
 /// An attempt that ended before anything reached the client.
@@ -214,6 +218,7 @@ pub async fn relay(
             });
         }
     }
+    (at.on_head)(status);
     let rewrite = acct.start(status, p.strip_usage, p.add_usage);
 
     let mut out = Vec::with_capacity(1024 + buf.len());

@@ -28,6 +28,9 @@ pub struct Shared {
     pub sinks: crate::usage::Sinks,
     /// Token totals (also one of the sinks), rendered at `/metrics`.
     pub token_metrics: Arc<crate::usage::TokenMetrics>,
+    /// Publishes breaker trips to other nodes (`[store] kind = "redis"`),
+    /// with the flat index of each route's first target.
+    pub breaker_sync: Option<(crate::failover::shared::BreakerSync, Vec<usize>)>,
 }
 
 /// Per-worker state, owned by the worker thread.
