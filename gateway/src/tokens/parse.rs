@@ -254,6 +254,31 @@ impl<'de> Deserialize<'de> for Key<'de> {
 }
 
 /// Skips a field's value.
+/// An object read only for its `function` member: `tools[]` items (a
+/// definition) and `tool_calls[]` items (a call).
+#[derive(Debug)]
+pub(super) struct WithFunction<T> {
+    pub(super) function: Obj<T>,
+}
+
+impl<T> Default for WithFunction<T> {
+    fn default() -> Self {
+        WithFunction {
+            function: Obj(None),
+        }
+    }
+}
+
+impl<'de, T: Fields<'de>> Fields<'de> for WithFunction<T> {
+    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "function" => self.function = map.next_value()?,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
 pub(super) fn skip<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
     map.next_value::<IgnoredAny>().map(drop)
 }

@@ -38,7 +38,7 @@ use serde::Deserialize;
 use serde::de::MapAccess;
 use serde_json::Value;
 
-use super::parse::{Fields, List, Obj, Str, ignore_rest, skip};
+use super::parse::{Fields, List, Obj, Str, WithFunction, ignore_rest, skip};
 use super::{Counting, Encoding, cache, tools};
 
 /// Tokens per message (`<|start|>{role}<|message|>…<|end|>` framing).
@@ -164,20 +164,7 @@ impl<'de> Fields<'de> for Part<'de> {
 }
 
 /// `tool_calls[]` item.
-#[derive(Debug, Default)]
-struct ToolCall<'a> {
-    function: Obj<FunctionCall<'a>>,
-}
-
-impl<'de> Fields<'de> for ToolCall<'de> {
-    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
-        match key {
-            "function" => self.function = map.next_value()?,
-            _ => skip(map)?,
-        }
-        Ok(())
-    }
-}
+type ToolCall<'a> = WithFunction<FunctionCall<'a>>;
 
 /// A call's `function`: `{"name", "arguments"}`.
 #[derive(Debug, Default)]

@@ -34,7 +34,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 
-use super::parse::{Entries, Fields, List, Obj, Scalar, Str, ignore_rest, skip};
+use super::parse::{Entries, Fields, List, Obj, Scalar, Str, WithFunction, ignore_rest, skip};
 use super::{Counting, Encoding, cache};
 
 /// The cookbook's constants for one model family.
@@ -63,20 +63,7 @@ fn constants(enc: Encoding) -> Constants {
 }
 
 /// `tools[]` item.
-#[derive(Debug, Default)]
-pub(super) struct Tool<'a> {
-    pub(super) function: Obj<Function<'a>>,
-}
-
-impl<'de> Fields<'de> for Tool<'de> {
-    fn field<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
-        match key {
-            "function" => self.function = map.next_value()?,
-            _ => skip(map)?,
-        }
-        Ok(())
-    }
-}
+pub(super) type Tool<'a> = WithFunction<Function<'a>>;
 
 /// A function definition.
 #[derive(Debug, Default)]
