@@ -329,3 +329,40 @@ fn a_breaker_opened_on_one_node_is_honoured_by_the_other() {
         assert_eq!(r.status, 200);
     }
 }
+
+#[test]
+fn resets_before_the_first_byte_fail_over_and_the_deadline_bounds_all_attempts() {
+    let resets = mock(&["--reset-after", "0"]);
+    let slow = mock(&["--delay-ms", "5000"]);
+    let backup = mock(&[]);
+    let cfg = format!(
+        "[server]\nlisten = \"{{listen}}\"\n[log]\naccess = false\n{}{}{}\
+         [[models]]\nname = \"m\"\ntargets = [{{ upstream = \"resets\" }}, {{ upstream = \"backup\" }}]\n\
+         [[models]]\nname = \"slow\"\ntargets = [{{ upstream = \"slow\" }}, {{ upstream = \"slow\", model = \"again\" }}]\n\
+         deadline = \"600ms\"\nmax_attempts = 5\n",
+        upstream("resets", &resets.addr.to_string()),
+        upstream("slow", &slow.addr.to_string()),
+        upstream("backup", &backup.addr.to_string()),
+    );
+    let g = gateway(&cfg, &[]);
+    for i in 0..50 {
+        let r = request(
+            g.addr,
+            &chat(&format!(
+                r#"{{"model":"m","max_tokens":1,"stream":{}}}"#,
+                i % 2 == 0
+            )),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-tollgate-upstream"), Some("backup"));
+    }
+    let t0 = Instant::now();
+    let r = request(g.addr, &chat(r#"{"model":"slow","max_tokens":1}"#));
+    let took = t0.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.error_code(), "upstream_timeout");
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_millis(2000),
+        "took {took:?}"
+    );
+}

@@ -227,6 +227,10 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
             hidden: m.hidden.unwrap_or(false),
             fallbacks,
             max_attempts,
+            deadline: m
+                .deadline
+                .as_ref()
+                .map(|_| errs.duration(&format!("{key}.deadline"), &m.deadline, Duration::ZERO)),
             tokenizer: m.tokenizer,
         });
     }

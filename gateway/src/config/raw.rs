@@ -131,6 +131,9 @@ pub struct RawModel {
     pub fallbacks: Vec<RawFallback>,
     /// Attempts across targets and fallbacks, first included. Default 3.
     pub max_attempts: Option<u32>,
+    /// Time all attempts together may take to get a response head, e.g.
+    /// "60s". Default: none (each attempt has its upstream's timeouts).
+    pub deadline: Option<String>,
     /// `o200k_base`, `cl100k_base` or `none`; default by model family
     /// (o200k_base for gpt-4o/4.1/o-series, cl100k_base otherwise).
     pub tokenizer: Option<crate::tokens::Tokenizer>,

@@ -161,6 +161,7 @@ mod tests {
                 })
                 .collect(),
             max_attempts: 5,
+            deadline: None,
             tokenizer: None,
         }
     }

@@ -107,7 +107,13 @@ async fn serve(mut s: TcpStream, opts: &MockOptions, stats: &Stats) {
             }
         };
         stats.requests.fetch_add(1, Ordering::Relaxed);
-        let faults = opts.faults.with_headers(&buf, &head);
+        // The stats endpoint is for the operator (and readiness checks):
+        // faults never apply to it.
+        let faults = if head.path(&buf) == b"/mock/stats" {
+            Faults::default()
+        } else {
+            opts.faults.with_headers(&buf, &head)
+        };
         let reply = respond(opts, stats, &buf, &head, &body, &faults);
         let keep_alive = head.keep_alive;
         buf.drain(..used);

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::glob::Glob;
 use crate::failover::{Breaker, Cond, FailureCounts};
@@ -76,6 +77,8 @@ pub struct ModelSpec {
     pub fallbacks: Vec<Fallback>,
     /// Attempts across targets and fallbacks, first included.
     pub max_attempts: u32,
+    /// All attempts must have a response head within this.
+    pub deadline: Option<Duration>,
     /// Token counting setting.
     pub tokenizer: Option<Tokenizer>,
 }
@@ -90,6 +93,7 @@ impl ModelSpec {
             hidden: false,
             fallbacks: Vec::new(),
             max_attempts: 3,
+            deadline: None,
             tokenizer: None,
         }
     }
@@ -112,6 +116,8 @@ pub struct Route {
     pub fallbacks: Vec<Fallback>,
     /// Attempts across targets and fallbacks, first included.
     pub max_attempts: u32,
+    /// All attempts must have a response head within this.
+    pub deadline: Option<Duration>,
     /// Token counting setting (`None`: by model family).
     pub tokenizer: Option<Tokenizer>,
 }
@@ -164,6 +170,7 @@ impl RouteTable {
                 is_glob,
                 fallbacks: spec.fallbacks,
                 max_attempts: spec.max_attempts.max(1),
+                deadline: spec.deadline,
                 tokenizer: spec.tokenizer,
             });
         }

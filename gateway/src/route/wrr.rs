@@ -70,6 +70,7 @@ mod tests {
             hidden: false,
             fallbacks: vec![],
             max_attempts: 1,
+            deadline: None,
             tokenizer: None,
         }])
         .unwrap();

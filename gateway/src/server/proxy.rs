@@ -192,6 +192,7 @@ pub async fn handle(
     let mut served = p.served.clone();
     let mut upstream = w.shared.upstreams[p.upstream as usize].cfg.name.clone();
     let stream = p.stream;
+    let deadline = route_cfg.deadline.map(|d| started + d);
     let first_byte_limit = route_cfg
         .fallbacks
         .iter()
@@ -204,17 +205,23 @@ pub async fn handle(
             loop {
                 let target = &table.route(pick.route).targets[pick.target];
                 let mut next = None;
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 let last = attempt >= route_cfg.max_attempts;
                 let r = {
                     let mut decide = |o: &Outcome| {
-                        if !last {
+                        if !last && deadline.is_none_or(|d| Instant::now() < d) {
                             next = cands.next(table, o, now_ms());
                         }
                         next.is_some()
                     };
-                    let limit = (pick.route == route_id)
+                    let trigger = (pick.route == route_id)
                         .then_some(first_byte_limit)
                         .flatten();
+                    let (limit, deadline_cut) = match (trigger, left) {
+                        (Some(t), Some(l)) if l < t => (Some(l), true),
+                        (None, Some(l)) => (Some(l), true),
+                        (t, _) => (t, false),
+                    };
                     let mut on_head = |status: u16| {
                         let effect = Class::of_status(status, b"").breaker_effect();
                         record_outcome(w, pick, effect, None, rid);
@@ -222,6 +229,7 @@ pub async fn handle(
                     let ctx = Attempt {
                         number: attempt,
                         first_byte_limit: limit,
+                        deadline_cut,
                         decide: &mut decide,
                         on_head: &mut on_head,
                     };

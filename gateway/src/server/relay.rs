@@ -61,8 +61,10 @@ pub struct Attempt<'a> {
     /// 1 for the first attempt.
     pub number: u32,
     /// Cut the wait for the response head here (a fallback condition
-    /// on latency would take over anyway).
+    /// on latency would take over anyway, or the model's deadline ends).
     pub first_byte_limit: Option<Duration>,
+    /// `first_byte_limit` is the rest of the model's deadline.
+    pub deadline_cut: bool,
     /// Asked when the attempt failed before anything reached the client:
     /// true when another target will be tried (this response is dropped).
     pub decide: &'a mut dyn FnMut(&Outcome) -> bool,
@@ -167,10 +169,11 @@ pub async fn relay(
                 stale += 1
             }
             Err(HeadError::ClosedEarly(e) | HeadError::Fail(e)) => {
-                let class = if e.kind == Kind::UpstreamTimeout {
-                    Class::FirstByteTimeout
-                } else {
-                    Class::Reset
+                let by_deadline = at.deadline_cut && wait < cfg.response_timeout;
+                let class = match e.kind {
+                    Kind::UpstreamTimeout if by_deadline => Class::TotalTimeout,
+                    Kind::UpstreamTimeout => Class::FirstByteTimeout,
+                    _ => Class::Reset,
                 };
                 return Err(fail(e, class, started, decide));
             }
