@@ -67,6 +67,9 @@ pub struct Accountant {
     body: Vec<u8>,
     body_over: bool,
     rewrite: Option<Rewrite>,
+    /// Completion tokens counted for an added usage chunk (the stream is
+    /// over by then, so the tally reuses it instead of counting again).
+    added_count: Option<u64>,
     /// Upstream status, once known.
     status: Option<u16>,
     /// For a synthesised usage chunk.
@@ -96,6 +99,7 @@ impl Accountant {
             body: Vec::new(),
             body_over: false,
             rewrite: None,
+            added_count: None,
             status: None,
             chunk_object: if chat {
                 "chat.completion.chunk"
@@ -164,6 +168,7 @@ impl Accountant {
         let text = &mut self.text;
         let usage = &mut self.usage;
         let saw_done = &mut self.saw_done;
+        let added_count = &mut self.added_count;
         match self.rewrite.as_mut() {
             None => {
                 if let Some(f) = fwd {
@@ -193,6 +198,7 @@ impl Accountant {
                     } else if add_before {
                         out.extend_from_slice(&rw.pending[from..rel(ev.start)]);
                         let completion = enc.map_or(0, |e| e.count(text) as u64);
+                        *added_count = Some(completion);
                         out.extend_from_slice(&usage_event(
                             rid, served, object, prompt, completion,
                         ));
@@ -276,10 +282,11 @@ impl Accountant {
                 completion: (u.completion, Source::Provider),
             };
         }
-        let completion = match self.enc {
-            Some(e) if self.stream => e.count(&self.text) as u64,
-            Some(e) => body_text(&self.body).map_or(0, |t| e.count(&t) as u64),
-            None => 0,
+        let completion = match (self.added_count, self.enc) {
+            (Some(c), _) => c,
+            (None, Some(e)) if self.stream => e.count(&self.text) as u64,
+            (None, Some(e)) => body_text(&self.body).map_or(0, |t| e.count(&t) as u64),
+            (None, None) => 0,
         };
         Tally {
             prompt: (self.prompt_estimate.unwrap_or(0), Source::Estimated),

@@ -97,12 +97,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<ResponseHead>, Error> {
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // The final coding decides; anything but chunked reads to close.
-            let last = value.rsplit(|&b| b == b',').next().map(trim).unwrap_or(b"");
-            chunked = last.eq_ignore_ascii_case(b"chunked");
-            if !chunked {
-                close = true;
+            // Only a lone `chunked` is relayed: another coding (gzip,
+            // chunked) would reach the client as undeclared compressed
+            // bytes, and the gateway asks for identity anyway.
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(Error::new(
+                    Kind::UpstreamProtocol,
+                    "upstream used a transfer coding other than chunked",
+                ));
             }
+            chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             connection = Some(off(value));
             if has_token(value, b"close") {
@@ -241,6 +245,8 @@ mod tests {
         assert_eq!(p("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Empty);
         assert_eq!(p("HTTP/1.1 200 OK\r\n\r\n").framing, Framing::Close);
         assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").is_err());
+        assert!(parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").is_err());
         assert!(parse(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
     }
 
