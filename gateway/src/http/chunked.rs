@@ -215,7 +215,21 @@ pub fn encode_chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    // Hex size without formatting machinery: this runs once per
+    // forwarded read in the gateway's rewrite mode.
+    let mut n = data.len();
+    let mut hex = [0u8; 16];
+    let mut i = hex.len();
+    loop {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&hex[i..]);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
@@ -245,6 +259,17 @@ mod tests {
         assert_eq!(out, b"hello world");
         assert!(done);
         assert_eq!(&body[used..], b"NEXT");
+    }
+
+    #[test]
+    fn chunk_sizes_in_hex() {
+        for n in [1usize, 9, 10, 15, 16, 255, 256, 4096, 1 << 20] {
+            let mut out = Vec::new();
+            encode_chunk(&mut out, &vec![b'x'; n]);
+            let head = format!("{n:x}\r\n");
+            assert!(out.starts_with(head.as_bytes()), "{n}");
+            assert_eq!(out.len(), head.len() + n + 2);
+        }
     }
 
     #[test]

@@ -181,7 +181,12 @@ impl Accountant {
             }
             Some(rw) => {
                 rw.pending.extend_from_slice(p);
-                let mut out = Vec::new();
+                // Forwarded bytes go straight into the caller's buffer.
+                let mut unused = Vec::new();
+                let out: &mut Vec<u8> = match fwd {
+                    Some(f) => f,
+                    None => &mut unused,
+                };
                 let enc = self.enc;
                 let prompt = self.prompt_estimate.unwrap_or(0);
                 let (rid, served, object) = (&*self.request_id, &*self.served, self.chunk_object);
@@ -230,9 +235,6 @@ impl Accountant {
                         (rw.done_to.saturating_sub(rw.base) as usize).min(rw.pending.len());
                     rw.pending.drain(..consumed);
                     rw.base += consumed as u64;
-                }
-                if let Some(f) = fwd {
-                    f.extend_from_slice(&out);
                 }
                 if give_up {
                     self.rewrite = None;
