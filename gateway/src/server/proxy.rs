@@ -125,7 +125,10 @@ struct Kept {
 /// Handles a proxied request whose body has been read. Consumes the
 /// request's bytes from `cin` on every path; tries targets and fallbacks
 /// while nothing was sent to the client; emits the usage record.
-#[expect(clippy::too_many_arguments, reason = "the per-request pieces live in different owners (connection, worker, accountant); a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the per-request pieces live in different owners (connection, worker, accountant); a struct would only rename them"
+)]
 pub async fn handle(
     w: &Worker,
     cin: &mut ClientIn,
@@ -401,7 +404,10 @@ fn route(w: &Worker, info: &BodyInfo<'_>, log: &mut RouteLog) -> Result<(RouteId
 }
 
 /// Builds the upstream request for one picked target.
-#[expect(clippy::too_many_arguments, reason = "the per-request pieces live in different owners (connection, worker, accountant); a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the per-request pieces live in different owners (connection, worker, accountant); a struct would only rename them"
+)]
 fn prepare(
     w: &Worker,
     buf: &[u8],

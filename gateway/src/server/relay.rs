@@ -107,7 +107,10 @@ fn fail(
 }
 
 /// Sends the request and relays the response.
-#[expect(clippy::too_many_arguments, reason = "the per-request pieces live in different owners (connection, worker, accountant); a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the per-request pieces live in different owners (connection, worker, accountant); a struct would only rename them"
+)]
 pub async fn relay(
     w: &Worker,
     wr: &mut ClientOut,
