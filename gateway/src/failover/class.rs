@@ -104,24 +104,15 @@ impl Class {
         }
     }
 
-    /// Whether another target may be tried after this outcome. Exhaustive:
-    /// a new class must decide.
+    /// Whether another target may be tried after this outcome: exactly the
+    /// outcomes that say something against the target (failures and rate
+    /// limits); credentials, client mistakes and success do not move on.
     pub fn may_fail_over(self) -> bool {
-        match self {
-            Class::ConnectRefused
-            | Class::ConnectTimeout
-            | Class::Reset
-            | Class::TlsError
-            | Class::FirstByteTimeout
-            | Class::TotalTimeout
-            | Class::Status5xx
-            | Class::Overloaded
-            | Class::RateLimited => true,
-            Class::Ok | Class::Auth | Class::ClientError => false,
-        }
+        matches!(self.breaker_effect(), Effect::Failure | Effect::Cooldown)
     }
 
-    /// What the breaker of the target learns from this outcome.
+    /// What the breaker of the target learns from this outcome. Exhaustive:
+    /// a new class must decide (and so decides `may_fail_over` too).
     pub fn breaker_effect(self) -> Effect {
         match self {
             Class::Ok => Effect::Success,
