@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod failover;
+pub mod health;
 pub mod http;
 pub mod mock;
 pub mod route;

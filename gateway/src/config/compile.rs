@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::raw::{RawBreaker, RawConfig, RawUpstream};
 use super::{
-    Config, ConfigError, DriverChoice, Limits, LogConfig, MockConfig, Provider, Secret,
-    ServerConfig, StoreConfig, UpstreamConfig, duration,
+    Config, ConfigError, DriverChoice, EbpfConfig, EbpfMode, Limits, LogConfig, MockConfig,
+    Provider, Secret, ServerConfig, StoreConfig, UpstreamConfig, duration,
 };
 use crate::failover::{Breaker, BreakerConfig, Cond};
 use crate::route::{Fallback, ModelSpec, RouteTable, Target};
@@ -288,8 +288,10 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
             format!("`{other}` is not supported; the gateway fails open (fail_open)"),
         ),
     }
+    let ebpf = ebpf_config(&mut errs, &raw.ebpf);
     if errs.0.is_empty() {
         Ok(Config {
+            ebpf,
             store,
             source: path.to_path_buf(),
             server,
@@ -301,6 +303,34 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
     } else {
         Err(errs.0)
     }
+}
+
+fn ebpf_config(errs: &mut Errors, raw: &super::raw::RawEbpf) -> EbpfConfig {
+    let mode = match raw.enabled.as_deref().unwrap_or("auto") {
+        "auto" => EbpfMode::Auto,
+        "on" => EbpfMode::On,
+        "off" => EbpfMode::Off,
+        other => {
+            errs.push(
+                "ebpf.enabled",
+                format!("unknown value `{other}`; use auto, on or off"),
+            );
+            EbpfMode::Auto
+        }
+    };
+    let cgroup = match raw.cgroup.as_deref().unwrap_or("auto") {
+        "auto" => tollgate_loader::Placement::Auto,
+        "off" => tollgate_loader::Placement::Off,
+        p if p.starts_with('/') => tollgate_loader::Placement::Path(p.into()),
+        other => {
+            errs.push(
+                "ebpf.cgroup",
+                format!("`{other}` is not auto, off or an absolute cgroup v2 directory"),
+            );
+            tollgate_loader::Placement::Auto
+        }
+    };
+    EbpfConfig { mode, cgroup }
 }
 
 fn breaker_config(errs: &mut Errors, key: &str, b: Option<&RawBreaker>) -> BreakerConfig {

@@ -93,6 +93,37 @@ pub struct Config {
     pub mock: Option<MockConfig>,
     /// `[store]`.
     pub store: StoreConfig,
+    /// `[ebpf]`.
+    pub ebpf: EbpfConfig,
+}
+
+/// `[ebpf]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EbpfConfig {
+    /// Whether to load the programs.
+    pub mode: EbpfMode,
+    /// Where `sock_ops` attaches.
+    pub cgroup: tollgate_loader::Placement,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        EbpfConfig {
+            mode: EbpfMode::Auto,
+            cgroup: tollgate_loader::Placement::Auto,
+        }
+    }
+}
+
+/// `[ebpf] enabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EbpfMode {
+    /// Load what the host allows; the rest is logged, one line each.
+    Auto,
+    /// Every program must load, or start-up fails with the reasons.
+    On,
+    /// Not loaded.
+    Off,
 }
 
 /// `[store]`, compiled.

@@ -25,6 +25,22 @@ pub struct RawConfig {
     /// Shared state between gateway nodes.
     #[serde(default)]
     pub store: RawStore,
+    /// eBPF TCP telemetry and upstream health signals.
+    #[serde(default)]
+    pub ebpf: RawEbpf,
+}
+
+/// `[ebpf]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEbpf {
+    /// `auto` (load what the host allows, log what it does not), `on`
+    /// (refuse to start unless every program loads) or `off`. Default `auto`.
+    pub enabled: Option<String>,
+    /// cgroup v2 directory for the `sock_ops` program: `auto` (the current
+    /// cgroup, or a new `tollgate-<pid>` one when the process is in the
+    /// root), `off`, or a path. Default `auto`.
+    pub cgroup: Option<String>,
 }
 
 /// `[store]`

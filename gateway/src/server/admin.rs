@@ -85,6 +85,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                 let mut text = String::with_capacity(4096);
                 shared.token_metrics.render(&mut text);
                 super::admin_breakers::render(shared, &mut text);
+                crate::health::render(&shared.health, &shared.upstreams, &mut text);
                 full(
                     &mut out,
                     200,

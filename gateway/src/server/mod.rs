@@ -84,7 +84,18 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             Some((sync, offsets))
         }
     };
+    let health = Arc::new(crate::health::Health::new(upstreams.len()));
+    // Before any worker opens an upstream socket: sockets stay in the
+    // cgroup they were created in, and sock_ops sees only that cgroup.
+    let mut ebpf = crate::health::start(
+        cfg.clone(),
+        upstreams.clone(),
+        breaker_sync.clone(),
+        health.clone(),
+    )
+    .map_err(|e| anyhow!(e))?;
     let shared = Arc::new(Shared {
+        health,
         breaker_sync,
         token_metrics,
         sinks,
@@ -144,6 +155,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         for s in stops {
             let _ = s.send(());
         }
+        if let Some(e) = ebpf.take() {
+            e.stop();
+        }
         return Err(anyhow!(e));
     }
     let driver = drivers.first().copied().unwrap_or(Driver::Legacy);
@@ -165,6 +179,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     for h in handles {
         let _ = h.join();
+    }
+    if let Some(e) = ebpf {
+        e.stop();
     }
     tracing::info!("stopped");
     Ok(())

@@ -400,6 +400,7 @@ fn route(w: &Worker, info: &BodyInfo<'_>, log: &mut RouteLog) -> Result<(RouteId
         ));
     };
     let idx = w.picker.borrow_mut().pick(table, route_id);
+    let idx = w.shared.health.prefer_fast(table.route(route_id), idx);
     Ok((route_id, idx))
 }
 

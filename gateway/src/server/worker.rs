@@ -31,6 +31,8 @@ pub struct Shared {
     /// Publishes breaker trips to other nodes (`[store] kind = "redis"`),
     /// with the flat index of each route's first target.
     pub breaker_sync: Option<(crate::failover::shared::BreakerSync, Vec<usize>)>,
+    /// The kernel's view of the upstreams (eBPF).
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Per-worker state, owned by the worker thread.
