@@ -71,10 +71,15 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A gateway killed this way cannot remove the cgroup it made for
+        // its eBPF sock_ops program (`tollgate-<pid>`); it is empty now.
+        if let Ok(m) = tollgate_loader::cgroup::cgroup2_mount() {
+            let _ = std::fs::remove_dir(m.join(format!("tollgate-{}", self.child.id())));
+        }
     }
 }
 
-fn tmpdir() -> PathBuf {
+pub fn tmpdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "tollgate-e2e-{}-{}",
         std::process::id(),
@@ -104,7 +109,7 @@ fn spawn(args: &[&str], envs: &[(&str, &str)], addr: SocketAddr) -> Proc {
 }
 
 /// Polls `path` until it answers 200, failing with the process log.
-fn wait_ready(p: &mut Proc, path: &str) {
+pub fn wait_ready(p: &mut Proc, path: &str) {
     let t0 = Instant::now();
     loop {
         if let Ok(Some(status)) = p.child.try_wait() {
