@@ -359,16 +359,26 @@ fn drain(ring: &mut RingBuf<MapData>, f: &mut impl FnMut(&Event)) -> usize {
     n
 }
 
-/// tracefs must be mounted for classic tracepoints (aya reads event ids
-/// from it); mount it when it is not.
+/// tracefs must be mounted, and readable, for classic tracepoints (aya
+/// reads event ids from it); mount it when it is not.
 fn ensure_tracefs() -> Result<(), String> {
+    const PATHS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
     let populated = |p: &str| {
         std::fs::read_dir(p)
             .map(|mut d| d.next().is_some())
             .unwrap_or(false)
     };
-    if populated("/sys/kernel/tracing") || populated("/sys/kernel/debug/tracing") {
+    if PATHS.iter().any(|p| populated(p)) {
         return Ok(());
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some(p) = PATHS.iter().find(|p| {
+        info.lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(**p))
+    }) {
+        return Err(format!(
+            "tracefs at {p} is not readable by this user: grant CAP_DAC_READ_SEARCH or mount it with mode=0755"
+        ));
     }
     sys::mount_tracefs().map_err(|e| {
         format!("tracefs is not mounted and mounting it on /sys/kernel/tracing failed: {e}")
