@@ -67,6 +67,19 @@ struct {
 	__type(value, __u64);
 } SRTT_SUM_US SEC(".maps");
 
+/* Live stats of the gateway's upstream connections by local port:
+ * srtt_us in the low 32 bits, total retransmits in the high 32. mmap-able,
+ * so workers read a request's srtt and retransmits without a system call.
+ * Two connections to different upstreams may share a local port; the
+ * later one wins (telemetry, not accounting). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} PORT_STATS SEC(".maps");
+
 /* Events the ring buffer had no room for (index 0). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -400,6 +413,14 @@ static __always_inline long sockops_upstream(struct bpf_sock_ops *skops)
 	return upstream_of(&k);
 }
 
+static __always_inline void port_stats(struct bpf_sock_ops *skops, __u32 srtt, __u32 retrans)
+{
+	__u32 port = skops->local_port & 0xffff;
+	__u64 *v = bpf_map_lookup_elem(&PORT_STATS, &port);
+	if (v)
+		*v = ((__u64)retrans << 32) | srtt;
+}
+
 static __always_inline int try_sockops(struct bpf_sock_ops *skops)
 {
 	__u64 cookie;
@@ -423,6 +444,7 @@ static __always_inline int try_sockops(struct bpf_sock_ops *skops)
 		};
 		cookie = bpf_get_socket_cookie(skops);
 		bpf_map_update_elem(&CONNS, &cookie, &n, BPF_ANY);
+		port_stats(skops, n.srtt_us, 0);
 		break;
 	}
 	case BPF_SOCK_OPS_RTT_CB: {
@@ -442,13 +464,16 @@ static __always_inline int try_sockops(struct bpf_sock_ops *skops)
 		__u64 *sum = bpf_map_lookup_elem(&SRTT_SUM_US, &up);
 		if (sum)
 			__sync_fetch_and_add(sum, srtt);
+		port_stats(skops, srtt, c->retrans);
 		break;
 	}
 	case BPF_SOCK_OPS_RETRANS_CB:
 		cookie = bpf_get_socket_cookie(skops);
 		c = bpf_map_lookup_elem(&CONNS, &cookie);
-		if (c)
+		if (c) {
 			c->retrans = skops->total_retrans;
+			port_stats(skops, c->srtt_us, c->retrans);
+		}
 		break;
 	}
 	return 1;

@@ -17,6 +17,7 @@
 
 pub mod cgroup;
 mod event;
+mod ports;
 mod sys;
 
 use std::collections::HashSet;
@@ -31,6 +32,7 @@ use aya::{Ebpf, EbpfLoader};
 
 pub use cgroup::Placement;
 pub use event::{Event, Kind, addr_key};
+pub use ports::PortStats;
 pub use sys::{monotonic_ns, socket_cookie};
 
 #[cfg(tollgate_ebpf)]
@@ -170,6 +172,7 @@ pub struct Telemetry {
     hist: Option<Array<MapData, u64>>,
     sums: Option<Array<MapData, u64>>,
     dropped: Option<Array<MapData, u64>>,
+    ports: Option<std::sync::Arc<PortStats>>,
     ebpf: Option<Ebpf>,
     cgroup: Option<cgroup::Cgroup>,
     programs: Vec<ProgramStatus>,
@@ -186,6 +189,7 @@ impl Telemetry {
             hist: None,
             sums: None,
             dropped: None,
+            ports: None,
             ebpf: None,
             cgroup: None,
             programs: PROGRAMS
@@ -245,6 +249,12 @@ impl Telemetry {
         t.dropped = ebpf
             .take_map("DROPPED")
             .and_then(|m| Array::try_from(m).ok());
+        if t.is_up("sock_ops")
+            && let Some(aya::maps::Map::Array(m)) = ebpf.map("PORT_STATS")
+        {
+            use std::os::fd::AsFd;
+            t.ports = PortStats::map(m.fd().as_fd()).ok().map(std::sync::Arc::new);
+        }
         if t.ring.is_none() || t.upstreams.is_none() {
             t.fail_all("the object's maps are missing (build mismatch)");
         }
@@ -337,6 +347,11 @@ impl Telemetry {
             *slot = hist.get(&(upstream * BUCKETS as u32 + b as u32), 0).ok()?;
         }
         Some(h)
+    }
+
+    /// Per-port stats mapped from the kernel (when `sock_ops` is up).
+    pub fn port_stats(&self) -> Option<std::sync::Arc<PortStats>> {
+        self.ports.clone()
     }
 
     /// Events the ring buffer had no room for.

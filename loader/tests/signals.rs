@@ -191,6 +191,12 @@ fn health_signals_reach_userspace_within_100ms() {
         c.read_exact(&mut got).unwrap();
     }
     let stats = t.conn_stats(ck).expect("sock_ops tracks the connection");
+    // The same numbers, read from memory shared with the kernel.
+    let port = c.local_addr().unwrap().port();
+    let ports = t.port_stats().expect("PORT_STATS is mapped");
+    let (srtt, retrans) = ports.get(port).expect("a sample for the port");
+    assert!(srtt > 0, "{srtt}");
+    assert_eq!(retrans, stats.retrans);
     assert_eq!(stats.upstream, 4);
     assert!(stats.rtt_samples > 0 && stats.srtt_us > 0, "{stats:?}");
     let h = t.srtt_histogram(4).unwrap();

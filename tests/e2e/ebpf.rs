@@ -294,7 +294,7 @@ fn the_srtt_histogram_has_samples_and_the_cgroup_is_removed_at_exit() {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cfg = format!(
         "[server]\nlisten = \"{{listen}}\"\nadmin_listen = \"{admin}\"\nworkers = 2\n\
-         [log]\naccess = false\n[ebpf]\nenabled = \"on\"\n{}\
+         [log]\naccess = true\n[ebpf]\nenabled = \"on\"\n{}\
          [[models]]\nname = \"m\"\ntargets = [{{ upstream = \"mock\" }}]\n",
         upstream("mock", m.addr)
     );
@@ -324,6 +324,15 @@ fn the_srtt_histogram_has_samples_and_the_cgroup_is_removed_at_exit() {
         "tollgate_upstream_tcp_srtt_seconds_sum{upstream=\"mock\"}",
     );
     assert!(sum > 0.0 && sum < 1.0, "{sum}");
+    // Per request: the access log has the upstream connection's srtt and
+    // the retransmits seen while it ran (none on loopback).
+    assert!(
+        eventually(Duration::from_secs(3), || g.stderr().lines().any(|l| {
+            l.contains("tollgate::access") && l.contains("srtt_us=") && l.contains("retrans=0")
+        })),
+        "{}",
+        g.stderr()
+    );
     g.terminate();
     let st = g
         .wait_exit(Duration::from_secs(10))

@@ -19,6 +19,7 @@ const SLOTS: usize = 4096;
 const RESET: u64 = 1 << 63;
 
 static TRACK: AtomicBool = AtomicBool::new(false);
+static PORTS: AtomicBool = AtomicBool::new(false);
 static TABLE: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
 static MARKED: AtomicU64 = AtomicU64::new(0);
 static EVICTED: AtomicU64 = AtomicU64::new(0);
@@ -26,6 +27,16 @@ static EVICTED: AtomicU64 = AtomicU64::new(0);
 /// Starts tracking (the RST program is attached).
 pub fn enable() {
     TRACK.store(true, Ordering::Release);
+}
+
+/// Starts recording local ports (per-port stats are mapped).
+pub fn enable_ports() {
+    PORTS.store(true, Ordering::Release);
+}
+
+/// Whether new upstream connections should note their local port.
+pub fn ports() -> bool {
+    PORTS.load(Ordering::Relaxed)
 }
 
 fn slot(cookie: u64) -> &'static AtomicU64 {

@@ -28,8 +28,8 @@ pub mod cookies;
 mod metrics;
 mod signals;
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -88,6 +88,8 @@ pub struct Health {
     /// while nothing is slow.
     any_slow_until: AtomicU64,
     stop: AtomicBool,
+    /// Per-port srtt/retransmits shared with the kernel (`sock_ops` up).
+    ports: OnceLock<Arc<tollgate_loader::PortStats>>,
 }
 
 impl Health {
@@ -101,6 +103,7 @@ impl Health {
             delay_sum_ns: AtomicU64::new(0),
             any_slow_until: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            ports: OnceLock::new(),
         }
     }
 
@@ -137,6 +140,15 @@ impl Health {
             return idx;
         }
         (0..route.targets.len()).find(|&i| !slow(i)).unwrap_or(idx)
+    }
+
+    /// (srtt µs, retransmits) of the upstream connection on local `port`:
+    /// one load from memory the kernel writes, no system call.
+    pub fn tcp(&self, port: u16) -> Option<(u32, u32)> {
+        if port == 0 {
+            return None;
+        }
+        self.ports.get()?.get(port)
     }
 
     /// Records one kernel-event-to-decision delay.

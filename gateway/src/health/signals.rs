@@ -88,13 +88,14 @@ pub fn start(
                 statuses,
                 tel.cgroup_dir().map(|p| p.display().to_string()),
                 ms,
+                tel.port_stats(),
             ));
             if go {
                 run(tel, Ctx::new(cfg, upstreams, sync, h2));
             }
         })
         .map_err(|e| format!("starting the eBPF thread: {e}"))?;
-    let Ok((statuses, cgroup, ms)) = rx.recv() else {
+    let Ok((statuses, cgroup, ms, ports)) = rx.recv() else {
         return Err("the eBPF thread exited during start-up".into());
     };
     let _ = health
@@ -129,6 +130,10 @@ pub fn start(
         .any(|p| p.name == "tcp_receive_reset" && p.up())
     {
         cookies::enable();
+    }
+    if let Some(p) = ports {
+        let _ = health.ports.set(p);
+        cookies::enable_ports();
     }
     tracing::info!(target: "tollgate::ebpf", programs = up, of = statuses.len(),
         cgroup = cgroup.as_deref().unwrap_or("-"), load_ms = ms, "eBPF upstream health signals on");

@@ -135,6 +135,8 @@ fn access_log(
     route: &proxy::RouteLog,
 ) {
     if w.cfg().log.access {
+        // Upstream TCP as the kernel saw it (eBPF sock_ops; absent without).
+        let tcp = w.shared.health.tcp(route.tcp_port);
         tracing::info!(
             target: "tollgate::access",
             request_id = %String::from_utf8_lossy(rid),
@@ -144,6 +146,8 @@ fn access_log(
             upstream = route.upstream.as_deref().unwrap_or("-"),
             ttfb_ms = route.ttfb.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
             ms = started.elapsed().as_secs_f64() * 1000.0,
+            srtt_us = tcp.map(|t| t.0),
+            retrans = tcp.map(|t| t.1.saturating_sub(route.tcp_retrans0)),
         );
     }
 }

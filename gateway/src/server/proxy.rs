@@ -93,6 +93,10 @@ pub struct RouteLog {
     pub upstream: Option<Arc<str>>,
     /// Time to the upstream response head.
     pub ttfb: Option<Duration>,
+    /// Local port of the upstream connection (0 unless eBPF maps it).
+    pub tcp_port: u16,
+    /// Its retransmit count when the request was written.
+    pub tcp_retrans0: u32,
 }
 
 /// Result of `handle`: an error carries whether the connection must close.

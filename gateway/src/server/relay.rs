@@ -150,6 +150,8 @@ pub async fn relay(
                 }
             },
         };
+        log.tcp_port = conn.port();
+        log.tcp_retrans0 = w.shared.health.tcp(log.tcp_port).map_or(0, |t| t.1);
         let (res, back) = conn.write_all(request).await;
         request = back;
         if let Err(e) = res {

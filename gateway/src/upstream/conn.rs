@@ -17,6 +17,8 @@ pub struct UpConn {
     io: Io,
     /// The socket's kernel cookie while eBPF tracks resets, else 0.
     cookie: u64,
+    /// Local port while eBPF maps per-port stats, else 0.
+    port: u16,
 }
 
 enum Io {
@@ -30,6 +32,11 @@ impl UpConn {
     /// The socket cookie (0 when eBPF does not track resets).
     pub fn cookie(&self) -> u64 {
         self.cookie
+    }
+
+    /// The local port (0 when eBPF does not map per-port stats).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Connects (and handshakes) within the upstream's connect timeout.
@@ -64,10 +71,16 @@ impl UpConn {
             Err(_) => return Err(timed_out(up, "connect", timeout)),
         };
         let cookie = crate::health::cookies::of(std::os::fd::AsRawFd::as_raw_fd(&tcp));
+        let port = if crate::health::cookies::ports() {
+            tcp.local_addr().map_or(0, |a| a.port())
+        } else {
+            0
+        };
         let Some(tls) = &up.tls else {
             return Ok(UpConn {
                 io: Io::Plain(tcp),
                 cookie,
+                port,
             });
         };
         match monoio::time::timeout(timeout, tls.connector.connect(tls.server_name.clone(), tcp))
@@ -76,6 +89,7 @@ impl UpConn {
             Ok(Ok(s)) => Ok(UpConn {
                 io: Io::Tls(Box::new(s)),
                 cookie,
+                port,
             }),
             Ok(Err(e)) => Err(Error::msg(
                 Kind::UpstreamTls,
