@@ -21,6 +21,7 @@
 #define TG_STATE          8 /* inet_sock_set_state (old_state -> value) */
 #define TG_CLOSED         9 /* tcp_destroy_sock with sock_ops stats */
 #define TG_OTHER_ERROR   10 /* inet_sk_error_report, any other errno */
+#define TG_PEER_CLOSED   11 /* sock_ops: the upstream closed (FIN, -> CLOSE_WAIT) */
 
 /* Upstream filter key: one (address, port) the gateway connects to.
  * IPv4 addresses take the first 4 bytes of addr, the rest is zero. */

@@ -31,6 +31,7 @@
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define TCP_SYN_SENT 2
+#define TCP_CLOSE_WAIT 8
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -431,7 +432,8 @@ static __always_inline int try_sockops(struct bpf_sock_ops *skops)
 		 * accepted client sockets in the same cgroup stay quiet. */
 		if (sockops_upstream(skops) >= 0)
 			bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_RTT_CB_FLAG |
-						  BPF_SOCK_OPS_RETRANS_CB_FLAG);
+						  BPF_SOCK_OPS_RETRANS_CB_FLAG |
+						  BPF_SOCK_OPS_STATE_CB_FLAG);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
 		long up = sockops_upstream(skops);
@@ -467,6 +469,25 @@ static __always_inline int try_sockops(struct bpf_sock_ops *skops)
 		port_stats(skops, srtt, c->retrans);
 		break;
 	}
+	case BPF_SOCK_OPS_STATE_CB:
+		/* The upstream closed its side (an idle keep-alive timeout, a
+		 * restart): the pool must not write a request to it. */
+		if (skops->args[1] == TCP_CLOSE_WAIT) {
+			cookie = bpf_get_socket_cookie(skops);
+			c = bpf_map_lookup_elem(&CONNS, &cookie);
+			if (!c)
+				break;
+			struct tg_event *e = reserve();
+			if (!e)
+				break;
+			e->kind = TG_PEER_CLOSED;
+			e->cookie = cookie;
+			e->upstream = c->upstream;
+			e->sport = (__u16)skops->local_port;
+			e->family = (__u16)skops->family;
+			bpf_ringbuf_submit(e, 0);
+		}
+		break;
 	case BPF_SOCK_OPS_RETRANS_CB:
 		cookie = bpf_get_socket_cookie(skops);
 		c = bpf_map_lookup_elem(&CONNS, &cookie);

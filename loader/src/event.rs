@@ -33,6 +33,9 @@ pub enum Kind {
     Closed,
     /// Another socket error; `value` is the errno.
     OtherError,
+    /// The upstream closed its side of a tracked connection (FIN);
+    /// `cookie` is set. From `sock_ops`, so only the gateway's sockets.
+    PeerClosed,
 }
 
 impl Kind {
@@ -48,6 +51,7 @@ impl Kind {
             8 => Kind::State,
             9 => Kind::Closed,
             10 => Kind::OtherError,
+            11 => Kind::PeerClosed,
             _ => return None,
         })
     }

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -159,12 +159,16 @@ fn a_dead_upstream_opens_every_breaker_on_it_from_the_kernel_signal() {
 }
 
 /// An HTTP/1.1 upstream that answers every request on a connection and,
-/// when asked, aborts its idle connection with an RST (SO_LINGER 0).
+/// when asked, ends its idle connection: [`RST`] aborts it (SO_LINGER 0),
+/// [`FIN`] closes it (as a keep-alive timeout does).
 struct RstUpstream {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
-    reset: Arc<AtomicBool>,
+    end: Arc<AtomicU8>,
 }
+
+const RST: u8 = 1;
+const FIN: u8 = 2;
 
 const BODY: &str = r#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
 
@@ -173,8 +177,8 @@ impl RstUpstream {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let reset = Arc::new(AtomicBool::new(false));
-        let (a, r) = (accepted.clone(), reset.clone());
+        let end = Arc::new(AtomicU8::new(0));
+        let (a, r) = (accepted.clone(), end.clone());
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(s) = s else { return };
@@ -185,17 +189,21 @@ impl RstUpstream {
         RstUpstream {
             addr,
             accepted,
-            reset,
+            end,
         }
     }
 }
 
-/// Serves requests on one connection until asked to reset it.
-fn serve(mut s: TcpStream, reset: &AtomicBool) {
+/// Serves requests on one connection until asked to end it.
+fn serve(mut s: TcpStream, end: &AtomicU8) {
     s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     let mut buf = Vec::new();
     loop {
-        if reset.swap(false, Ordering::SeqCst) {
+        let how = end.swap(0, Ordering::SeqCst);
+        if how == FIN {
+            return;
+        }
+        if how == RST {
             let linger = libc::linger {
                 l_onoff: 1,
                 l_linger: 0,
@@ -246,8 +254,9 @@ fn serve(mut s: TcpStream, reset: &AtomicBool) {
     }
 }
 
-#[test]
-fn an_idle_pooled_connection_reset_by_the_upstream_is_evicted_before_use() {
+/// The upstream ends the gateway's idle pooled connection with `how`;
+/// the next request must not be written to it.
+fn idle_connection_ended(how: u8) {
     let up = RstUpstream::start();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     // One failure would open the breaker: an idle reset must not count.
@@ -262,14 +271,16 @@ fn an_idle_pooled_connection_reset_by_the_upstream_is_evicted_before_use() {
     let ask = || request(g.addr, &chat(r#"{"model":"m","max_tokens":1}"#));
     assert_eq!(ask().status, 200);
     assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
-    // The pooled connection is idle; the upstream aborts it.
-    up.reset.store(true, Ordering::SeqCst);
+    // The pooled connection is idle; the upstream ends it.
+    up.end.store(how, Ordering::SeqCst);
+    let series = if how == RST {
+        "tollgate_upstream_pool_idle_closed_total{how=\"rst\"}"
+    } else {
+        "tollgate_upstream_pool_idle_closed_total{how=\"fin\"}"
+    };
     assert!(
-        eventually(Duration::from_secs(3), || sample(
-            admin,
-            "tollgate_upstream_pool_idle_resets_total"
-        ) == 1.0),
-        "the kernel's RST never reached the pool"
+        eventually(Duration::from_secs(3), || sample(admin, series) == 1.0),
+        "the kernel's view of the idle connection never reached the pool"
     );
     let r = ask();
     assert_eq!(r.status, 200, "{}", r.text());
@@ -277,15 +288,23 @@ fn an_idle_pooled_connection_reset_by_the_upstream_is_evicted_before_use() {
     // Evicted before use: a new connection, no stale write.
     assert_eq!(sample(admin, "tollgate_upstream_pool_evictions_total"), 1.0);
     assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
-    assert_eq!(
-        sample(
-            admin,
-            "tollgate_upstream_tcp_events_total{upstream=\"raw\",kind=\"reset\"}"
-        ),
-        1.0
+    let resets = sample(
+        admin,
+        "tollgate_upstream_tcp_events_total{upstream=\"raw\",kind=\"reset\"}",
     );
+    assert_eq!(resets, if how == RST { 1.0 } else { 0.0 });
     assert_eq!(breaker_states(admin), vec![("m".into(), "closed".into())]);
     assert_eq!(ask().status, 200);
+}
+
+#[test]
+fn an_idle_pooled_connection_reset_by_the_upstream_is_evicted_before_use() {
+    idle_connection_ended(RST);
+}
+
+#[test]
+fn an_idle_pooled_connection_closed_by_the_upstream_is_evicted_before_use() {
+    idle_connection_ended(FIN);
 }
 
 #[test]

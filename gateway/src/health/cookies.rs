@@ -1,10 +1,11 @@
-//! Which pooled upstream connections the kernel saw reset while idle.
+//! Which pooled upstream connections the kernel saw die while idle.
 //!
 //! The pool (per worker) and the eBPF thread share one fixed table of
 //! socket cookies: a pooled connection's cookie is written to its slot
-//! when it goes idle; an RST on that socket (`tcp_receive_reset`, keyed by
-//! cookie) sets the slot's top bit; `take` evicts a connection whose bit
-//! is set instead of sending a request on it. Cookies count up from 1 and
+//! when it goes idle; an RST on that socket (`tcp_receive_reset`) or a FIN
+//! from the upstream (`sock_ops`, the socket enters CLOSE_WAIT), both keyed
+//! by cookie, set the slot's top bit; `take` evicts a connection whose bit
+//! is set instead of writing a request to it. Cookies count up from 1 and
 //! never reach the top bit.
 //!
 //! Lossy by design: two cookies sharing a slot overwrite each other, and
@@ -21,7 +22,8 @@ const RESET: u64 = 1 << 63;
 static TRACK: AtomicBool = AtomicBool::new(false);
 static PORTS: AtomicBool = AtomicBool::new(false);
 static TABLE: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
-static MARKED: AtomicU64 = AtomicU64::new(0);
+static MARKED_RST: AtomicU64 = AtomicU64::new(0);
+static MARKED_FIN: AtomicU64 = AtomicU64::new(0);
 static EVICTED: AtomicU64 = AtomicU64::new(0);
 
 /// Starts tracking (the RST program is attached).
@@ -84,9 +86,18 @@ pub fn forget(cookie: u64) {
     }
 }
 
-/// The kernel saw an RST on `cookie`: marks it when it is idle in a pool
-/// and says so (a reset of an idle connection is not an upstream failure).
-pub fn mark_reset(cookie: u64) -> bool {
+/// How an idle connection died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Death {
+    /// The upstream reset it.
+    Rst,
+    /// The upstream closed it (FIN).
+    Fin,
+}
+
+/// The kernel saw `cookie` die: marks it when it is idle in a pool and
+/// says so (an idle connection dying is not an upstream failure).
+pub fn mark_dead(cookie: u64, how: Death) -> bool {
     if cookie == 0 {
         return false;
     }
@@ -94,15 +105,20 @@ pub fn mark_reset(cookie: u64) -> bool {
         .compare_exchange(cookie, cookie | RESET, Ordering::AcqRel, Ordering::Acquire)
         .is_ok();
     if marked {
-        MARKED.fetch_add(1, Ordering::Relaxed);
+        match how {
+            Death::Rst => MARKED_RST.fetch_add(1, Ordering::Relaxed),
+            Death::Fin => MARKED_FIN.fetch_add(1, Ordering::Relaxed),
+        };
     }
     marked
 }
 
-/// (idle connections marked reset, connections evicted because of it).
-pub fn counts() -> (u64, u64) {
+/// (idle connections reset, idle connections closed by the upstream,
+/// connections evicted because of either).
+pub fn counts() -> (u64, u64, u64) {
     (
-        MARKED.load(Ordering::Relaxed),
+        MARKED_RST.load(Ordering::Relaxed),
+        MARKED_FIN.load(Ordering::Relaxed),
         EVICTED.load(Ordering::Relaxed),
     )
 }
@@ -116,19 +132,19 @@ mod tests {
         let (c1, c2) = (1_000_003, 1_000_004);
         idle(c1);
         idle(c2);
-        assert!(mark_reset(c1));
+        assert!(mark_dead(c1, Death::Rst));
         assert!(take(c1), "reset while idle: evicted");
         assert!(!take(c1), "the mark is consumed");
         assert!(!take(c2));
         // A reset of a connection in use is not an idle reset.
-        assert!(!mark_reset(c2));
+        assert!(!mark_dead(c2, Death::Fin));
         // A colliding cookie overwrote the slot: no false eviction.
         let c3 = c1 + SLOTS as u64;
         idle(c1);
         idle(c3);
-        assert!(!mark_reset(c1));
+        assert!(!mark_dead(c1, Death::Rst));
         assert!(!take(c1));
         forget(c3);
-        assert!(!take(0) && !mark_reset(0));
+        assert!(!take(0) && !mark_dead(0, Death::Fin));
     }
 }

@@ -91,11 +91,18 @@ pub fn render(h: &Health, ups: &[Arc<UpstreamRuntime>], out: &mut String) {
             u8::from(h.is_slow(i, now))
         );
     }
-    let (marked, evicted) = cookies::counts();
-    out.push_str("# HELP tollgate_upstream_pool_idle_resets_total Idle pooled connections the kernel saw reset.\n");
-    out.push_str("# TYPE tollgate_upstream_pool_idle_resets_total counter\n");
-    let _ = writeln!(out, "tollgate_upstream_pool_idle_resets_total {marked}");
-    out.push_str("# HELP tollgate_upstream_pool_evictions_total Pooled connections evicted before use because the kernel saw them reset.\n");
+    let (rst, fin, evicted) = cookies::counts();
+    out.push_str("# HELP tollgate_upstream_pool_idle_closed_total Idle pooled connections the upstream reset (rst) or closed (fin), as the kernel saw it.\n");
+    out.push_str("# TYPE tollgate_upstream_pool_idle_closed_total counter\n");
+    let _ = writeln!(
+        out,
+        "tollgate_upstream_pool_idle_closed_total{{how=\"rst\"}} {rst}"
+    );
+    let _ = writeln!(
+        out,
+        "tollgate_upstream_pool_idle_closed_total{{how=\"fin\"}} {fin}"
+    );
+    out.push_str("# HELP tollgate_upstream_pool_evictions_total Pooled connections evicted before use because the kernel saw them reset or closed.\n");
     out.push_str("# TYPE tollgate_upstream_pool_evictions_total counter\n");
     let _ = writeln!(out, "tollgate_upstream_pool_evictions_total {evicted}");
     out.push_str(

@@ -10,8 +10,9 @@
 //!   request needs to hit each target first). The request that saw the
 //!   same error also records it for its own target: the two are not
 //!   matched up, so that target counts it twice.
-//! - an RST on an idle pooled connection: the connection is evicted
-//!   before a request is sent on it (`cookies`); not a failure.
+//! - an RST on an idle pooled connection, or a FIN from the upstream on
+//!   one: the connection is evicted before a request is written to it
+//!   (`cookies`); not a failure.
 //! - a SYN retransmit: the upstream is marked slow for [`SLOW_FOR`]; the
 //!   balancer's pick moves to another target of the route when one is not
 //!   slow ([`Health::prefer_fast`]).

@@ -218,7 +218,7 @@ impl Ctx {
             Kind::Retransmit => count(4),
             Kind::RstReceived => {
                 // Comes before the socket error of the same RST.
-                if cookies::mark_reset(e.cookie) {
+                if cookies::mark_dead(e.cookie, cookies::Death::Rst) {
                     if self.idle_resets.len() == IDLE_RESETS {
                         self.idle_resets.pop_front();
                     }
@@ -227,6 +227,9 @@ impl Ctx {
             }
             Kind::RstSent => {
                 uh.rst_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::PeerClosed => {
+                cookies::mark_dead(e.cookie, cookies::Death::Fin);
             }
             Kind::State | Kind::Closed | Kind::OtherError => {}
         }
