@@ -27,11 +27,12 @@ cores=$(nproc)
 pin=$(( cores > 1 ? cores - 1 : 0 ))
 $bin mock --listen $MOCK --workers 1 --pin-cpu $pin 2>"$dir/mock.log" & pids+=($!)
 conf() { # listen mode [extra]
+  local extra=${3:-}
   cat <<CFG
 [server]
 listen = "$1"
 workers = 1
-$3
+$extra
 [log]
 level = "warn"
 access = false
