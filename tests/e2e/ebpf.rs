@@ -420,3 +420,18 @@ fn without_privileges_the_gateway_logs_each_missing_program_and_serves() {
     );
     assert!(log.contains("sk_error_report"), "{log}");
 }
+
+#[test]
+fn ebpf_settings_are_checked_with_their_key() {
+    let (code, err, path) =
+        check_config("[ebpf]\nenabled = \"maybe\"\ncgroup = \"relative/dir\"\n");
+    assert_eq!(code, 2);
+    let file = path.display().to_string();
+    assert!(
+        err.contains(&format!("{file}: ebpf.enabled: unknown value `maybe`")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{file}: ebpf.cgroup:")), "{err}");
+    let (code, err, _) = check_config("[ebpf]\nenabled = \"off\"\ncgroup = \"/sys/fs/cgroup/x\"\n");
+    assert_eq!(code, 0, "{err}");
+}

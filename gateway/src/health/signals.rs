@@ -80,10 +80,21 @@ pub fn start(
         .name("tollgate-ebpf".into())
         .spawn(move || {
             let t0 = Instant::now();
-            let tel = Telemetry::start(&opts);
+            let mut tel = Telemetry::start(&opts);
             let statuses = tel.programs().to_vec();
             let ms = t0.elapsed().as_millis() as u64;
             let go = tel.any_up() && !(mode == EbpfMode::On && statuses.iter().any(|p| !p.up()));
+            let ctx = Ctx::new(cfg, upstreams, sync, h2);
+            // The filter is in place before the workers start: sock_ops
+            // decides at connect time which sockets it follows.
+            let mut filter = Vec::new();
+            if go {
+                filter = ctx.filter();
+                if let Err(e) = tel.set_upstreams(&filter) {
+                    tracing::warn!(target: "tollgate::ebpf", error = %e, "setting the upstream filter failed");
+                    filter.clear();
+                }
+            }
             let _ = tx.send((
                 statuses,
                 tel.cgroup_dir().map(|p| p.display().to_string()),
@@ -91,7 +102,7 @@ pub fn start(
                 tel.port_stats(),
             ));
             if go {
-                run(tel, Ctx::new(cfg, upstreams, sync, h2));
+                run(tel, ctx, filter);
             }
         })
         .map_err(|e| format!("starting the eBPF thread: {e}"))?;
@@ -266,9 +277,8 @@ impl Ctx {
     }
 }
 
-fn run(mut tel: Telemetry, mut ctx: Ctx) {
-    let mut filter = Vec::new();
-    let mut last_filter = Instant::now() - FILTER_REFRESH;
+fn run(mut tel: Telemetry, mut ctx: Ctx, mut filter: Vec<(SocketAddr, u32)>) {
+    let mut last_filter = Instant::now();
     let mut last_maps = Instant::now();
     let mut filter_failed = false;
     while !ctx.health.stop.load(Ordering::Acquire) {
