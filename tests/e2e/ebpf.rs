@@ -435,3 +435,76 @@ fn ebpf_settings_are_checked_with_their_key() {
     let (code, err, _) = check_config("[ebpf]\nenabled = \"off\"\ncgroup = \"/sys/fs/cgroup/x\"\n");
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn a_syn_retransmit_marks_the_upstream_slow_and_the_balancer_moves_off_it() {
+    // An upstream that never answers a SYN: a listener whose accept queue
+    // (backlog 0) is full. The kernel retransmits the SYN after ~1 s.
+    let hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen(2) again on our own listening socket shrinks its backlog.
+    assert_eq!(unsafe { libc::listen(hole.as_raw_fd(), 0) }, 0);
+    let _filler = TcpStream::connect(hole.local_addr().unwrap()).unwrap();
+    let good = mock(&[]);
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = format!(
+        "[server]\nlisten = \"{{listen}}\"\nadmin_listen = \"{admin}\"\nworkers = 1\n\
+         [log]\naccess = false\n[ebpf]\nenabled = \"on\"\n{}connect_timeout = \"2s\"\n{}\
+         [[models]]\nname = \"probe\"\ntargets = [{{ upstream = \"hole\" }}]\n\
+         fallbacks = [{{ model = \"good\" }}]\n\
+         [[models]]\nname = \"good\"\ntargets = [{{ upstream = \"good\" }}]\n\
+         [[models]]\nname = \"split\"\ntargets = [{{ upstream = \"hole\" }}, {{ upstream = \"good\" }}]\n",
+        upstream("hole", hole.local_addr().unwrap()),
+        upstream("good", good.addr)
+    );
+    let g = gateway(&cfg, &[]);
+    let slow = "tollgate_upstream_slow{upstream=\"hole\"}";
+    assert_eq!(sample(admin, slow), 0.0);
+    // One request's connect hangs on the hole; the kernel's first SYN
+    // retransmit marks it slow long before the 2 s connect timeout.
+    let t0 = Instant::now();
+    let gaddr = g.addr;
+    let prober =
+        std::thread::spawn(move || request(gaddr, &chat(r#"{"model":"probe","max_tokens":1}"#)));
+    assert!(
+        eventually(Duration::from_secs(3), || sample(admin, slow) == 1.0),
+        "never marked slow"
+    );
+    let marked = t0.elapsed();
+    assert!(
+        marked < Duration::from_millis(1900),
+        "marked after {marked:?}"
+    );
+    assert!(
+        sample(
+            admin,
+            "tollgate_upstream_tcp_events_total{upstream=\"hole\",kind=\"syn_retransmit\"}"
+        ) >= 1.0
+    );
+    // While slow, the balancer's picks of the hole move to the other
+    // target: every request is answered at once by `good` (round robin
+    // alone would send every other one into the hole).
+    for _ in 0..6 {
+        let t = Instant::now();
+        let r = request(g.addr, &chat(r#"{"model":"split","max_tokens":1}"#));
+        assert_eq!(
+            (r.status, r.header("x-tollgate-upstream")),
+            (200, Some("good"))
+        );
+        assert_eq!(r.header("x-tollgate-attempts"), Some("1"));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    // The hung request itself timed out on the hole and fell back.
+    let r = prober.join().unwrap();
+    assert_eq!(
+        (r.status, r.header("x-tollgate-upstream")),
+        (200, Some("good"))
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(2));
+    assert!(eventually(Duration::from_secs(2), || g
+        .stderr()
+        .contains("upstream marked slow")));
+}
