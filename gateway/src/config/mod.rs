@@ -6,6 +6,7 @@
 //! A config that does not compile is never used: `serve` refuses to start
 //! and `check-config` exits non-zero, both printing every error.
 
+pub mod auth;
 mod compile;
 pub mod duration;
 pub mod raw;
@@ -93,6 +94,8 @@ pub struct Config {
     pub mock: Option<MockConfig>,
     /// `[store]`.
     pub store: StoreConfig,
+    /// `[auth]`, `[[keys]]`, `[[tenants]]`.
+    pub auth: auth::AuthConfig,
 }
 
 /// `[store]`, compiled.

@@ -64,6 +64,8 @@ pub struct UsageRecord {
     pub total: Duration,
     /// Streaming request.
     pub stream: bool,
+    /// Price of the usage in micro-dollars (0 when the model has no price).
+    pub cost_micros: u64,
 }
 
 /// Consumer of usage records. Implementations must not block.
