@@ -540,7 +540,8 @@ mod tests {
         // Settling to 15 real tokens refunds 25 in both scopes.
         a.settle(15, 0, T);
         assert_eq!(tenant.window(Kind::Tokens).unwrap().used(T), 15);
-        assert!(l.admit(&[&key, &tenant], d, T).is_ok());
+        let thirty = Demand { tokens: 30, ..d };
+        assert!(l.admit(&[&key, &tenant], thirty, T).is_ok());
     }
 
     #[test]
