@@ -39,7 +39,15 @@ fn with_key(body: &str, key: &str) -> Vec<u8> {
 const HI: &str =
     r#"{"model":"gpt-4o","max_tokens":20,"messages":[{"role":"user","content":"hi"}]}"#;
 
+/// The admin listener starts right after the workers are ready.
 fn admin_call(addr: SocketAddr, method: &str, path: &str, body: &str, token: Option<&str>) -> Resp {
+    assert!(
+        eventually(Duration::from_secs(5), || std::net::TcpStream::connect(
+            addr
+        )
+        .is_ok()),
+        "admin listener {addr} not up"
+    );
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let raw = format!(
         "{method} {path} HTTP/1.1\r\nHost: a\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -366,6 +374,95 @@ fn admin_api_creates_rotates_and_revokes_keys() {
     );
 }
 
+/// Waits, when less than 15 s of the current UTC minute are left, for
+/// the next one, so a per-minute window cannot roll over mid-test.
+fn fresh_minute() {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if secs > 45 {
+        std::thread::sleep(Duration::from_secs(61 - secs));
+    }
+}
+
+fn limits_mode(admin: SocketAddr) -> String {
+    admin_call(admin, "GET", "/admin/limits", "", Some(ADMIN)).json()["mode"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn with_redis_down_fail_open_enforces_limits_per_node_and_pushes_usage_when_back() {
+    let port = free_port();
+    let url_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let m = mock(&[]);
+    let admin = free_port();
+    let a: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let cfg = base(
+        &m,
+        Some(admin),
+        &format!(
+            "[store]\nkind = \"redis\"\nurl = \"redis://{url_addr}\"\n[auth]\nadmin_token_env = \"TG_ADMIN\"\n"
+        ),
+        &format!(
+            "[[keys]]\nid = \"k\"\ntenant = \"t\"\nkey_sha256 = \"{}\"\nlimits = {{ rpm = 3 }}\n",
+            sha(KEY_A)
+        ),
+    );
+    fresh_minute();
+    let g = gateway(&cfg, &[("TG_ADMIN", ADMIN)]);
+    assert!(eventually(Duration::from_secs(3), || limits_mode(a) == "local"));
+    for _ in 0..3 {
+        let r = request(g.addr, &with_key(HI, KEY_A));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(request(g.addr, &with_key(HI, KEY_A)).status, 429);
+    assert!(g.stderr().contains("store unreachable"), "{}", g.stderr());
+    // Redis comes up on that address: limits are shared again and the
+    // three requests admitted meanwhile are in the store's count.
+    let redis = redis_on(url_addr);
+    assert!(eventually(Duration::from_secs(3), || limits_mode(a) == "shared"));
+    let client = redis::Client::open(format!("redis://{}", redis.addr)).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tollgate:limit:key:k:rpm:*")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let n: u64 = redis::cmd("GET").arg(&keys[0]).query(&mut c).unwrap();
+    assert!(n >= 3, "store count {n}");
+}
+
+#[test]
+fn with_redis_down_fail_closed_refuses_limited_keys_only() {
+    let port = free_port();
+    let m = mock(&[]);
+    let admin = free_port();
+    let a: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let cfg = base(
+        &m,
+        Some(admin),
+        &format!(
+            "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\non_store_error = \"fail_closed\"\n[auth]\nadmin_token_env = \"TG_ADMIN\"\n"
+        ),
+        &format!(
+            "[[keys]]\nid = \"limited\"\ntenant = \"t\"\nkey_sha256 = \"{}\"\nlimits = {{ rpm = 100 }}\n\
+             [[keys]]\nid = \"free\"\ntenant = \"u\"\nkey_sha256 = \"{}\"\n",
+            sha(KEY_A),
+            sha(KEY_B)
+        ),
+    );
+    let g = gateway(&cfg, &[("TG_ADMIN", ADMIN)]);
+    assert!(eventually(Duration::from_secs(3), || limits_mode(a) == "closed"));
+    let r = request(g.addr, &with_key(HI, KEY_A));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_code(), "store_unavailable");
+    assert_eq!(request(g.addr, &with_key(HI, KEY_B)).status, 200);
+}
+
 fn shared_node(m: &Proc, redis: &Proc, admin: u16, rest: &str) -> String {
     base(
         m,
@@ -394,15 +491,7 @@ fn two_nodes_share_one_rpm_limit_through_redis() {
         &shared_node(&m, &redis, free_port(), &rest),
         &[("TG_ADMIN", ADMIN)],
     );
-    // A minute window that does not roll over during the test.
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        % 60;
-    if secs > 45 {
-        std::thread::sleep(Duration::from_secs(61 - secs));
-    }
+    fresh_minute();
     let mut ok = 0;
     let mut refused = 0;
     for i in 0..120 {
