@@ -101,9 +101,12 @@ fn keys_gate_every_api_call_and_never_reach_the_logs() {
     assert_eq!(request(g.addr, &chat("{")).status, 401);
     assert_eq!(request(g.addr, &with_key("{", KEY_A)).status, 400);
     // The key never appears in the logs; its id does.
+    // (Log lines are written by a background thread: wait for them.)
+    assert!(eventually(Duration::from_secs(5), || g
+        .stderr()
+        .contains("acme-prod")));
     let log = g.stderr();
     assert!(!log.contains(KEY_A) && !log.contains(KEY_B), "{log}");
-    assert!(log.contains("acme-prod"), "{log}");
     assert!(!log.contains("auth is off"), "{log}");
 }
 
@@ -372,6 +375,13 @@ fn admin_api_creates_rotates_and_revokes_keys() {
         admin_call(a, "DELETE", "/admin/keys/live", "", Some(ADMIN)).status,
         404
     );
+    // Refusals are counted by reason, never by key.
+    let metrics = request(a, &get("/metrics")).text();
+    assert!(
+        metrics.contains("tollgate_auth_rejections_total{reason=\"invalid_key\"} 2"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("live"), "{metrics}");
 }
 
 /// Waits, when less than 15 s of the current UTC minute are left, for
@@ -480,8 +490,10 @@ fn two_nodes_share_one_rpm_limit_through_redis() {
     let redis = redis();
     let m = mock(&[]);
     let rest = format!(
-        "[[keys]]\nid = \"k\"\ntenant = \"t\"\nkey_sha256 = \"{}\"\nlimits = {{ rpm = 40 }}\n",
-        sha(KEY_A)
+        "[[keys]]\nid = \"k\"\ntenant = \"t\"\nkey_sha256 = \"{}\"\nlimits = {{ rpm = 40 }}\n\
+         [[keys]]\nid = \"tk\"\ntenant = \"u\"\nkey_sha256 = \"{}\"\nlimits = {{ tpm = 600 }}\n",
+        sha(KEY_A),
+        sha(KEY_B)
     );
     let a = gateway(
         &shared_node(&m, &redis, free_port(), &rest),
@@ -505,6 +517,24 @@ fn two_nodes_share_one_rpm_limit_through_redis() {
     // Bound: the limit plus one lease (5% of 40 = 2) per node.
     assert!((40..=44).contains(&ok), "{ok} admitted, {refused} refused");
     assert_eq!(ok + refused, 120);
+    // Tokens: each request reserves and spends prompt + 20; the nodes
+    // together stay within 600 plus one lease (30) each.
+    let mut spent = 0;
+    let mut refusals = 0;
+    for i in 0..80 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let r = request(node.addr, &with_key(HI, KEY_B));
+        match r.status {
+            200 => spent += r.json()["usage"]["total_tokens"].as_u64().unwrap(),
+            429 => refusals += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    assert!(
+        refusals > 0,
+        "600 tokens per minute never ran out ({spent} spent)"
+    );
+    assert!((540..=660).contains(&spent), "{spent} tokens admitted");
 }
 
 #[test]

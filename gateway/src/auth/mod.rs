@@ -124,6 +124,8 @@ pub struct Auth {
     pub limiter: Arc<Limiter>,
     /// The current table.
     pub table: ArcSwap<Table>,
+    /// Refusal counters for `/metrics`.
+    pub metrics: crate::limits::metrics::AuthMetrics,
     cfg: AuthConfig,
 }
 
@@ -142,6 +144,7 @@ impl Auth {
             required: cfg.required,
             limiter,
             table: ArcSwap::from_pointee(Table::default()),
+            metrics: Default::default(),
             cfg: cfg.clone(),
         };
         auth.rebuild(&[], 0);
@@ -158,6 +161,7 @@ impl Auth {
             return Ok(None);
         }
         let Some(key) = keys::from_headers(buf, headers) else {
+            self.metrics.invalid_key();
             return Err(Error::new(
                 Kind::Unauthorized,
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>` (or `x-api-key`).",
@@ -166,10 +170,13 @@ impl Auth {
         let digest = keys::hash(key);
         match self.table.load().by_digest.get(&digest) {
             Some(e) => Ok(Some(e.clone())),
-            None => Err(Error::new(
-                Kind::Unauthorized,
-                "Incorrect API key provided (unknown or revoked).",
-            )),
+            None => {
+                self.metrics.invalid_key();
+                Err(Error::new(
+                    Kind::Unauthorized,
+                    "Incorrect API key provided (unknown or revoked).",
+                ))
+            }
         }
     }
 

@@ -16,6 +16,7 @@
 //! granted and answers 503 beyond them.
 
 pub mod lease;
+pub mod metrics;
 pub mod period;
 pub mod window;
 
@@ -335,7 +336,7 @@ impl Limiter {
                         if let Some(slot) = held.tags.get_mut(i) {
                             *slot = Some(t.tag);
                         }
-                        low |= allow != Allow::Local && t.remaining <= w.lease;
+                        low |= allow != Allow::Local && w.ask(now_ms).is_some();
                         match kind {
                             Kind::Requests => RateHeaders::offer(
                                 &mut adm.headers.requests,

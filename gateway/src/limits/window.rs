@@ -236,18 +236,24 @@ impl Window {
     }
 
     /// What a refill should ask the store for, if anything: debt (used
-    /// beyond the grant) always, a new lease when less than half of one is
-    /// left and the store has not said the window is used up.
+    /// beyond the grant) always, and a new grant when less than half of one
+    /// is left and the store has not said the window is used up. A grant
+    /// is an eighth of what the store has left (at least one lease): large
+    /// early in a window, so a busy node does not outrun its refills, and
+    /// small near the limit, so little sits unused on idle nodes. Only the
+    /// overdraft (one lease) can exceed the limit, never a grant.
     pub fn ask(&self, now_ms: u64) -> Option<Ask> {
         let (index, tag) = self.tag(now_ms);
         let u = Self::current(&self.used, tag);
         let g = Self::current(&self.granted, tag);
         let debt = u.saturating_sub(g);
         let left = g.saturating_sub(u);
-        let want = if self.exhausted.load(Ordering::Acquire) == tag + 1 || left * 2 >= self.lease {
+        let global = Self::current(&self.seen, tag);
+        let chunk = (self.limit.saturating_sub(global) / 8).max(self.lease);
+        let want = if self.exhausted.load(Ordering::Acquire) == tag + 1 || left * 2 >= chunk {
             0
         } else {
-            self.lease
+            chunk
         };
         (debt > 0 || want > 0).then_some(Ask { index, debt, want })
     }
@@ -353,7 +359,8 @@ mod tests {
         }
         assert!(w.take(1, T, Allow::Shared).is_err());
         let a = w.ask(T).unwrap();
-        assert_eq!((a.debt, a.want), (10, 10));
+        // An eighth of the 100 the store has left (12) beats one lease.
+        assert_eq!((a.debt, a.want), (10, 12));
         w.granted(a.index, 20, 20, false);
         // Granted 20 (10 of it debt): 10 more plus a new overdraft lease.
         for _ in 0..20 {

@@ -131,6 +131,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                 let mut text = String::with_capacity(4096);
                 shared.token_metrics.render(&mut text);
                 super::admin_breakers::render(shared, &mut text);
+                shared.auth.metrics.render(&mut text);
                 full(
                     &mut out,
                     200,

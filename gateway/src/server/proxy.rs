@@ -157,7 +157,11 @@ pub async fn handle(
         .as_ref()
         .map_err(Clone::clone)
         .and_then(|i| route(w, i, log))
-        .and_then(|r| permit(key.as_deref(), table.route(r.0), log).map(|()| r));
+        .and_then(|r| {
+            permit(key.as_deref(), table.route(r.0), log)
+                .inspect_err(|_| w.shared.auth.metrics.model_not_allowed())
+                .map(|()| r)
+        });
     let (route_id, idx) = match first {
         Ok(r) => r,
         Err(e) => {
@@ -227,7 +231,10 @@ pub async fn handle(
             .auth
             .limiter
             .admit(&scopes, demand, wall_ms())
-            .map_err(|r| (refused(r, demand), false))?
+            .map_err(|r| {
+                w.shared.auth.metrics.refused(&r);
+                (refused(r, demand), false)
+            })?
     };
     drop(scopes);
     let rate_headers = admission.headers.pairs();
