@@ -97,6 +97,30 @@ fn keys_gate_every_api_call_and_never_reach_the_logs() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.error_code(), "model_not_allowed");
     assert_eq!(request(g.addr, &with_key(claude, KEY_B)).status, 200);
+    // The model list shows what the key may use.
+    let list = request(
+        g.addr,
+        format!("GET /v1/models HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY_A}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(list.status, 200);
+    let ids: Vec<String> = list.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["gpt-4o"]);
+    let one = |id: &str, key: &str| {
+        request(
+            g.addr,
+            format!("GET /v1/models/{id} HTTP/1.1\r\nHost: t\r\nx-api-key: {key}\r\n\r\n")
+                .as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(one("claude-3", KEY_A), 404);
+    assert_eq!(one("claude-3", KEY_B), 200);
     // Auth comes before body checks: a bad body with no key is a 401.
     assert_eq!(request(g.addr, &chat("{")).status, 401);
     assert_eq!(request(g.addr, &with_key("{", KEY_A)).status, 400);
