@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod failover;
 pub mod http;
+pub mod ledger;
 pub mod mock;
 pub mod route;
 pub mod server;

@@ -85,6 +85,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                 let mut text = String::with_capacity(4096);
                 shared.token_metrics.render(&mut text);
                 super::admin_breakers::render(shared, &mut text);
+                shared.ledger.render(&mut text);
                 full(
                     &mut out,
                     200,
@@ -124,6 +125,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                     r,
                 );
             }
+            b"/admin/usage" => super::admin_usage::serve(shared, head.query(&buf), &mut out, r),
             b"/breakers" => full(
                 &mut out,
                 200,

@@ -334,6 +334,7 @@ pub async fn handle(
         ttfb: log.ttfb,
         total: started.elapsed(),
         stream,
+        cost_micros: 0,
     };
     w.shared.sinks.record(&rec);
     result
