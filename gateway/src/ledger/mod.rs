@@ -35,6 +35,8 @@ pub mod query;
 pub mod record;
 pub mod redis;
 pub mod spool;
+#[cfg(test)]
+mod testredis;
 mod writer;
 
 use std::fmt::Write as _;

@@ -226,12 +226,15 @@ pub fn read_day(
             v
         }
     };
+    let mut out = std::collections::BTreeMap::new();
+    if tenants.is_empty() {
+        return Ok(out);
+    }
     let mut p = redis::pipe();
     for t in &tenants {
         p.cmd("HGETALL").arg(usage_key(t, day));
     }
     let hashes: Vec<Vec<(String, u64)>> = p.query(&mut c)?;
-    let mut out = std::collections::BTreeMap::new();
     for (t, fields) in tenants.into_iter().zip(hashes) {
         if fields.is_empty() {
             continue;

@@ -317,6 +317,17 @@ impl Spool {
             .sum()
     }
 
+    /// At shutdown (no worker writes any more): deletes this process's
+    /// spill files whose lines are all acknowledged, full or not.
+    pub fn finish(&mut self) {
+        for s in &mut self.others {
+            if s.kind == Kind::OwnOverflow && s.acked >= s.len {
+                s.kind = Kind::Foreign;
+            }
+        }
+        self.compact();
+    }
+
     /// True when the writer's file has nothing pending.
     pub fn main_is_empty(&self) -> bool {
         self.main.as_ref().is_none_or(|m| m.acked >= m.len)

@@ -103,6 +103,7 @@ impl Writer {
                 break;
             }
         }
+        self.spool.finish();
         tracing::info!(target: "tollgate::ledger", pending_spool_bytes = self.spool.pending_bytes(), "ledger drained");
     }
 
