@@ -5,6 +5,7 @@
 
 mod failover;
 mod harness;
+mod ledger;
 mod tls;
 
 use std::time::{Duration, Instant};

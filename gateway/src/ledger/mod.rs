@@ -227,78 +227,95 @@ impl Ledger {
         self.timeout
     }
 
-    /// Prometheus text of the ledger counters.
-    pub fn render(&self, out: &mut String) {
+    /// A snapshot of the ledger counters.
+    pub fn stats(&self) -> Stats {
         let m = &self.metrics;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let queued = get(&m.queued);
-        let depth = queued.saturating_sub(get(&m.dequeued));
+        Stats {
+            queued,
+            queue_depth: queued.saturating_sub(get(&m.dequeued)),
+            written: get(&m.written),
+            spooled: get(&m.spooled),
+            overflowed: get(&m.overflowed),
+            replayed: get(&m.replayed),
+            duplicates: get(&m.duplicates),
+            lost: get(&m.lost),
+            store_errors: get(&m.store_errors),
+            spool_bytes: get(&m.spool_bytes),
+            spool_skipped_lines: get(&m.spool_skipped),
+        }
+    }
+
+    /// Prometheus text of the ledger counters.
+    pub fn render(&self, out: &mut String) {
+        let s = self.stats();
         for (name, kind, help, v) in [
             (
                 "queued_total",
                 "counter",
                 "Usage records accepted into the ledger queue.",
-                queued,
+                s.queued,
             ),
             (
                 "queue_depth",
                 "gauge",
                 "Usage records waiting in the ledger queue.",
-                depth,
+                s.queue_depth,
             ),
             (
                 "written_total",
                 "counter",
                 "Usage records written to the store straight from the queue.",
-                get(&m.written),
+                s.written,
             ),
             (
                 "spooled_total",
                 "counter",
                 "Usage records written to the spool because the store was down or behind.",
-                get(&m.spooled),
+                s.spooled,
             ),
             (
                 "overflowed_total",
                 "counter",
                 "Usage records spilled to the spool by workers because the queue was full.",
-                get(&m.overflowed),
+                s.overflowed,
             ),
             (
                 "replayed_total",
                 "counter",
                 "Usage records written to the store from the spool.",
-                get(&m.replayed),
+                s.replayed,
             ),
             (
                 "duplicates_total",
                 "counter",
                 "Usage records the store had already applied (skipped on replay).",
-                get(&m.duplicates),
+                s.duplicates,
             ),
             (
                 "lost_total",
                 "counter",
                 "Usage records lost (queue full or store down, and the spool not writable).",
-                get(&m.lost),
+                s.lost,
             ),
             (
                 "store_errors_total",
                 "counter",
                 "Failed store calls.",
-                get(&m.store_errors),
+                s.store_errors,
             ),
             (
                 "spool_bytes",
                 "gauge",
                 "Spooled bytes not yet acknowledged by the store.",
-                get(&m.spool_bytes),
+                s.spool_bytes,
             ),
             (
                 "spool_skipped_lines_total",
                 "counter",
                 "Corrupt or torn spool lines skipped.",
-                get(&m.spool_skipped),
+                s.spool_skipped_lines,
             ),
         ] {
             let _ = writeln!(out, "# HELP tollgate_ledger_{name} {help}");
@@ -306,6 +323,33 @@ impl Ledger {
             let _ = writeln!(out, "tollgate_ledger_{name} {v}");
         }
     }
+}
+
+/// Ledger counters at one moment (see `render` for their meaning).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Accepted into the queue.
+    pub queued: u64,
+    /// Waiting in the queue.
+    pub queue_depth: u64,
+    /// Written from the queue.
+    pub written: u64,
+    /// Written to the writer's spool file.
+    pub spooled: u64,
+    /// Spilled by workers (queue full).
+    pub overflowed: u64,
+    /// Written from the spool.
+    pub replayed: u64,
+    /// Skipped as already applied.
+    pub duplicates: u64,
+    /// Lost.
+    pub lost: u64,
+    /// Failed store calls.
+    pub store_errors: u64,
+    /// Spool bytes pending.
+    pub spool_bytes: u64,
+    /// Spool lines skipped.
+    pub spool_skipped_lines: u64,
 }
 
 impl UsageSink for Ledger {

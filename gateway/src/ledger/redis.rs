@@ -7,9 +7,10 @@
 //!                                               completion_tokens, cost_micros  (tenant totals)
 //!                                               requests:{model}, ...           (per served model)
 //! tollgate:usage-tenants:{YYYY-MM-DD}    SET   tenants with usage that day
-//! tollgate:ledger                        STREAM one entry per record, MAXLEN ~ ledger_stream_max:
-//!                                               rid key tenant model served upstream prompt
-//!                                               completion cost status ms est stream
+//! tollgate:ledger                        STREAM one entry per record, field `usage` = JSON
+//!                                               {rid, key, tenant, model, served, upstream,
+//!                                               prompt, completion, cost_micros, status, ms,
+//!                                               est, stream}; trimmed to ~ledger_stream_max
 //! tollgate:ledger:applied:{stream}       STRING highest seq applied, TTL 30 days
 //! ```
 //!
@@ -65,13 +66,10 @@ for _ = 1, n do
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  redis.call('XADD', 'tollgate:ledger', 'MAXLEN', '~', ARGV[4], '*',
-    'rid', ARGV[i], 'key', ARGV[i + 1], 'tenant', ARGV[i + 2], 'model', ARGV[i + 3],
-    'served', ARGV[i + 4], 'upstream', ARGV[i + 5], 'prompt', ARGV[i + 6],
-    'completion', ARGV[i + 7], 'cost', ARGV[i + 8], 'status', ARGV[i + 9],
-    'ms', ARGV[i + 10], 'est', ARGV[i + 11], 'stream', ARGV[i + 12])
-  i = i + 13
+  redis.call('XADD', 'tollgate:ledger', '*', 'usage', ARGV[i])
+  i = i + 1
 end
+redis.call('XTRIM', 'tollgate:ledger', 'MAXLEN', '~', ARGV[4])
 redis.call('SET', mark, ARGV[2], 'EX', ARGV[3])
 return 1
 "#;
@@ -157,21 +155,51 @@ fn add_batch(p: &mut redis::Pipeline, sha: &str, b: &Batch, stream_max: u64) {
         c.arg(k).arg(*m);
     }
     c.arg(b.recs.len());
+    let mut json = Vec::with_capacity(256);
     for r in &b.recs {
-        c.arg(&*r.request_id)
-            .arg(r.key_id.as_deref().unwrap_or("-"))
-            .arg(r.tenant())
-            .arg(&*r.model)
-            .arg(&*r.served)
-            .arg(&*r.upstream)
-            .arg(r.prompt)
-            .arg(r.completion)
-            .arg(r.cost_micros)
-            .arg(r.status)
-            .arg(r.at_ms)
-            .arg(r.est_name())
-            .arg(u8::from(r.stream));
+        json.clear();
+        audit_json(r, &mut json);
+        c.arg(&json[..]);
     }
+}
+
+/// One audit stream entry.
+#[derive(serde::Serialize)]
+struct Audit<'a> {
+    rid: &'a str,
+    key: &'a str,
+    tenant: &'a str,
+    model: &'a str,
+    served: &'a str,
+    upstream: &'a str,
+    prompt: u64,
+    completion: u64,
+    cost_micros: u64,
+    status: u16,
+    ms: u64,
+    est: &'a str,
+    stream: bool,
+}
+
+/// The JSON of a record's audit entry.
+pub fn audit_json(r: &super::record::Rec, out: &mut Vec<u8>) {
+    let a = Audit {
+        rid: &r.request_id,
+        key: r.key_id.as_deref().unwrap_or("-"),
+        tenant: r.tenant(),
+        model: &r.model,
+        served: &r.served,
+        upstream: &r.upstream,
+        prompt: r.prompt,
+        completion: r.completion,
+        cost_micros: r.cost_micros,
+        status: r.status,
+        ms: r.at_ms,
+        est: r.est_name(),
+        stream: r.stream,
+    };
+    // Strings and numbers into a Vec: cannot fail.
+    let _ = serde_json::to_writer(out, &a);
 }
 
 impl Store for RedisStore {

@@ -76,13 +76,18 @@ fn a_batch_applied_twice_counts_once() {
         .arg(1)
         .query(&mut c)
         .unwrap();
-    let f: std::collections::HashMap<_, _> = first[0].1.iter().cloned().collect();
+    assert_eq!(first[0].1[0].0, "usage");
+    let f: serde_json::Value = serde_json::from_str(&first[0].1[0].1).unwrap();
     assert_eq!(f["rid"], "r1");
     assert_eq!(f["key"], "k1");
     assert_eq!(f["tenant"], "acme");
-    assert_eq!(f["prompt"], "10");
-    assert_eq!(f["cost"], "20");
+    assert_eq!(f["model"], "gpt-4o");
+    assert_eq!(f["prompt"], 10);
+    assert_eq!(f["completion"], 5);
+    assert_eq!(f["cost_micros"], 20);
+    assert_eq!(f["status"], 200);
     assert_eq!(f["est"], "completion");
+    assert_eq!(f["stream"], true);
     // The mark expires (bounded memory), but not soon.
     let ttl: i64 = redis::cmd("TTL")
         .arg("tollgate:ledger:applied:n1-m")
