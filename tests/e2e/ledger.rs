@@ -307,3 +307,69 @@ fn a_redis_crash_and_a_gateway_restart_lose_and_double_nothing() {
     assert_ne!(replayed, "0", "g2 replayed the spool");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn the_memory_store_answers_admin_usage_on_one_node() {
+    let m = mock(&[]);
+    let admin = free_port();
+    let cfg = config_for(
+        &m,
+        &format!("admin_listen = \"127.0.0.1:{admin}\"\n[store]\nflush_interval = \"10ms\"\n"),
+        "[[models]]\nname = \"gpt-4o\"\ntargets = [{ upstream = \"mock\", model = \"gpt-4o-2024-08-06\" }]\n",
+    );
+    let g = gateway(&cfg, &[]);
+    let want = load(g.addr, 4, 25, "mem", &Arc::new(AtomicUsize::new(0)));
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let mut last = serde_json::Value::Null;
+    let ok = eventually(Duration::from_secs(10), || {
+        last = request(admin, &get("/admin/usage")).json();
+        last["tenants"][0]["totals"]["requests"] == want.requests
+    });
+    assert!(
+        ok || last["day"] != request(admin, &get("/admin/usage")).json()["day"],
+        "{last}"
+    );
+    if ok {
+        assert_eq!(last["store"], "memory");
+        let t = &last["tenants"][0];
+        assert_eq!(t["tenant"], "-");
+        assert_eq!(t["totals"]["prompt_tokens"], want.prompt);
+        assert_eq!(t["totals"]["completion_tokens"], want.completion);
+        // Counted per served model.
+        assert_eq!(
+            t["models"]["gpt-4o-2024-08-06"]["completion_tokens"],
+            want.completion
+        );
+    }
+    let other = request(admin, &get("/admin/usage?tenant=nobody")).json();
+    assert_eq!(other["tenants"], serde_json::json!([]));
+    let r = request(admin, &get("/admin/usage?bogus=1"));
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("unknown parameter"), "{}", r.text());
+}
+
+#[test]
+fn ledger_config_errors_name_the_key() {
+    let (code, err, _) = check_config(
+        "[store]\nbatch_max = 0\nflush_interval = \"soon\"\nledger_queue = 0\nledger_stream_max = 0\ntimeout = \"0s\"\n",
+    );
+    assert_ne!(code, 0);
+    for key in [
+        "store.batch_max: must be greater than zero",
+        "store.flush_interval:",
+        "store.ledger_queue: must be greater than zero",
+        "store.ledger_stream_max: must be greater than zero",
+        "store.timeout: must be greater than zero",
+    ] {
+        assert!(err.contains(key), "missing `{key}` in:\n{err}");
+    }
+    let file = std::env::temp_dir().join(format!("tollgate-e2e-notadir-{}", free_port()));
+    std::fs::write(&file, "x").unwrap();
+    let (code, err, _) = check_config(&format!("[store]\nspool_dir = \"{}\"\n", file.display()));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("store.spool_dir: ") && err.contains("is not a directory"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(file);
+}

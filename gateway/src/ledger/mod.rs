@@ -21,6 +21,12 @@
 //! after a crash between the store's ack and the spool's truncation, is
 //! counted once (within the mark's 30-day TTL).
 //!
+//! # Configuration (`[store]`)
+//! `kind`/`url` pick the store; `spool_dir` (default `tollgate-spool`,
+//! relative to the config file), `batch_max` (2048 records),
+//! `flush_interval` ("100ms"), `ledger_queue` (65536 records), `timeout`
+//! ("1s", each store call), `ledger_stream_max` (1000000 audit entries).
+//!
 //! # Failure behavior
 //! Fail-open: the ledger never fails or delays a request. Store down or
 //! slower than the store timeout: batches go to the spool and the writer
