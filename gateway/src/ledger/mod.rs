@@ -70,6 +70,9 @@ pub enum StoreError {
     /// No connection could be kept.
     #[error("connection closed")]
     Closed,
+    /// The spool directory cannot be used.
+    #[error("spool: {0}")]
+    Spool(String),
 }
 
 /// Where batches are applied.
@@ -172,8 +175,14 @@ pub fn start(opts: Options) -> Result<(Arc<Ledger>, LedgerThread), StoreError> {
             Box::new(redis::RedisStore::new(url, opts.timeout, opts.stream_max)?)
         }
     };
+    // A spool replays and deletes files of processes that are gone: two
+    // live processes must never share one.
+    let lock = match &opts.backend {
+        Backend::Memory => None,
+        Backend::Redis(_) => Some(spool::lock(&opts.spool_dir).map_err(StoreError::Spool)?),
+    };
     let closing = Arc::new(AtomicBool::new(false));
-    let w = writer::Writer::new(&opts, store, instance.clone(), metrics.clone());
+    let w = writer::Writer::new(&opts, store, instance.clone(), metrics.clone(), lock);
     let c = closing.clone();
     let handle = std::thread::Builder::new()
         .name("tollgate-ledger".into())

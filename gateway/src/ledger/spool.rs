@@ -416,6 +416,27 @@ fn read_at_most(f: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Creates `dir` and takes an exclusive lock on `dir/lock` (released when
+/// the returned file is dropped, or the process dies).
+pub fn lock(dir: &Path) -> Result<File, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating `{}`: {e}", dir.display()))?;
+    let path = dir.join("lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("opening `{}`: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "`{}` is in use by another tollgate process; give each process its own spool_dir",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("locking `{}`: {e}", path.display())),
+    }
+}
+
 /// What a worker needs to spill records to its own file.
 pub struct SpillCtx {
     /// Spool directory.
@@ -433,6 +454,7 @@ struct OverflowFile {
     file: File,
     stream: Arc<str>,
     lines: u64,
+    len: u64,
 }
 
 thread_local! {
@@ -460,6 +482,7 @@ pub fn spill(ctx: &SpillCtx, rec: Rec) -> io::Result<()> {
                 file,
                 stream,
                 lines: 0,
+                len: 0,
             });
         }
         let Some(o) = slot.as_mut() else {
@@ -474,8 +497,15 @@ pub fn spill(ctx: &SpillCtx, rec: Rec) -> io::Result<()> {
         b.encode_line(&mut line);
         // O_APPEND + one write: the reader never sees half of a line
         // mixed with another, only (briefly) a line not finished yet.
-        (&o.file).write_all(&line)?;
+        if let Err(e) = (&o.file).write_all(&line) {
+            // Keep whole lines: cut the partial one, and never append to
+            // this file again (the next spill starts a new one).
+            let _ = o.file.set_len(o.len);
+            *slot = None;
+            return Err(e);
+        }
         o.lines += 1;
+        o.len += line.len() as u64;
         Ok(())
     })
 }

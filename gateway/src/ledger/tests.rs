@@ -150,6 +150,7 @@ fn the_spool_survives_a_restart_and_a_second_replay_counts_nothing() {
     let spooled: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "spool"))
         .collect();
     assert!(!spooled.is_empty());
     let copy = tmpdir("ledger-copy");
@@ -184,5 +185,26 @@ fn the_spool_survives_a_restart_and_a_second_replay_counts_nothing() {
     assert_eq!(metric(&c, "replayed_total"), 0);
     tc.finish();
     assert_eq!(read(), want);
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "spool emptied");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "lock")
+        .collect();
+    assert!(left.is_empty(), "spool emptied: {left:?}");
+}
+
+#[test]
+fn two_live_processes_never_share_a_spool() {
+    let dir = tmpdir("ledger");
+    let url = format!("redis://{}", free_addr());
+    let (_a, ta) = start(opts(Backend::Redis(url.clone()), &dir, 16)).unwrap();
+    let err = start(opts(Backend::Redis(url.clone()), &dir, 16))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("in use by another tollgate process"), "{err}");
+    // Released when the first one stops.
+    ta.finish();
+    let (_b, tb) = start(opts(Backend::Redis(url), &dir, 16)).unwrap();
+    tb.finish();
 }

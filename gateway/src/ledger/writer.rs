@@ -40,6 +40,8 @@ pub struct Writer {
     seen_overflow: u64,
     batch_max: usize,
     flush_interval: Duration,
+    /// Held while the thread runs (see `spool::lock`).
+    _lock: Option<std::fs::File>,
 }
 
 impl Writer {
@@ -48,6 +50,7 @@ impl Writer {
         store: Box<dyn Store>,
         instance: Arc<str>,
         metrics: Arc<Metrics>,
+        lock: Option<std::fs::File>,
     ) -> Self {
         Writer {
             store,
@@ -61,6 +64,7 @@ impl Writer {
             seen_overflow: 0,
             batch_max: opts.batch_max.max(1),
             flush_interval: opts.flush_interval,
+            _lock: lock,
         }
     }
 
@@ -73,16 +77,19 @@ impl Writer {
             tracing::warn!(target: "tollgate::ledger", dir = %self.spool.dir().display(), "spool files of an earlier process are kept for a start with [store] kind = \"redis\"");
         }
         let mut recs = Vec::with_capacity(self.batch_max);
+        let mut progressed = false;
         loop {
             let stop = closing.load(Ordering::Acquire);
-            let wait = if stop || (self.up && self.spool.pending_bytes() > 0) {
+            // A backlog that is moving is drained at full speed; otherwise
+            // wait for records (and retry the store) every flush_interval.
+            let wait = if stop || (progressed && self.spool.pending_bytes() > 0) {
                 Duration::ZERO
             } else {
                 self.flush_interval
             };
             let gone = self.collect(&rx, &mut recs, wait);
             let batch = self.batch(&mut recs);
-            self.step(batch);
+            progressed = self.step(batch);
             if stop || gone {
                 break;
             }
