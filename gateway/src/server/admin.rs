@@ -1,5 +1,5 @@
 //! The admin listener: `GET /healthz`, `/status`, `/metrics`, the breaker
-//! API (`admin_breakers.rs`) on a separate
+//! API (`admin_breakers.rs`), usage totals (`admin_usage.rs`) on a separate
 //! address (and thread) so operators can probe a node without touching
 //! the client port. Metrics and key management land here later.
 
@@ -146,7 +146,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                     .unwrap_or_else(|| {
                         Err(Error::new(
                             Kind::NotFound,
-                            "admin serves GET /healthz, /status, /metrics, /breakers and POST /breakers/{model}/{upstream}/{open|close}",
+                            "admin serves GET /healthz, /status, /metrics, /breakers, /admin/usage and POST /breakers/{model}/{upstream}/{open|close}",
                         ))
                     });
                 match action {
