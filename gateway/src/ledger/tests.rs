@@ -208,3 +208,67 @@ fn two_live_processes_never_share_a_spool() {
     let (_b, tb) = start(opts(Backend::Redis(url), &dir, 16)).unwrap();
     tb.finish();
 }
+
+#[test]
+fn a_batch_applied_after_its_timeout_is_not_counted_again_on_replay() {
+    let dir = tmpdir("ledger");
+    let r = super::testredis::redis();
+    let url = r.url();
+    let mut o = opts(Backend::Redis(url.clone()), &dir, 1024);
+    o.timeout = Duration::from_millis(200);
+    let (l, t) = start(o).unwrap();
+    let mut want = load(&l, "warm", 1, 10);
+    assert!(eventually(Duration::from_secs(10), || l.stats().written == 10));
+    // Redis busy for 1.5 s (a script spinning on TIME): the next batch is
+    // sent, times out after 200 ms and is spooled, yet Redis still runs
+    // it when the spin ends; the reply is what gets lost.
+    let busy_url = url.clone();
+    let spin = std::thread::spawn(move || {
+        let mut c = ::redis::Client::open(busy_url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let _: () = ::redis::cmd("EVAL")
+            .arg(
+                "local s = redis.call('TIME') \
+                 while true do local n = redis.call('TIME') \
+                 if (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > 1500000 then return end end",
+            )
+            .arg(0)
+            .query(&mut c)
+            .unwrap();
+    });
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || client
+            .get_connection_with_timeout(Duration::from_millis(50))
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_millis(50)))?;
+                ::redis::cmd("PING").query::<String>(&mut c)
+            })
+            .is_err()),
+        "redis never got busy"
+    );
+    want.add(&load(&l, "lost-reply", 1, 100));
+    spin.join().unwrap();
+    let read = || {
+        redis::read_day(&url, Duration::from_secs(1), DAY, Some("acme"))
+            .ok()
+            .and_then(|m| m.get("acme").and_then(|m| m.get("*").copied()))
+            .unwrap_or_default()
+    };
+    assert!(eventually(Duration::from_secs(10), || l
+        .stats()
+        .spool_bytes
+        == 0
+        && l.stats().store_errors > 0
+        && read() == want));
+    let s = l.stats();
+    assert!(
+        s.duplicates > 0,
+        "the replay found the batch applied: {s:?}"
+    );
+    assert_eq!(s.written + s.replayed + s.duplicates, 110, "{s:?}");
+    t.finish();
+    assert_eq!(read(), want);
+}
