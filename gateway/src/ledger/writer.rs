@@ -20,8 +20,11 @@ use super::{Metrics, Options, Store};
 
 /// Wait before retrying a store that failed.
 pub const RETRY: Duration = Duration::from_secs(1);
-/// Spooled batches sent per pipeline, per source (writer file, others).
+/// Spooled batches of the writer's file sent per pipeline.
 const MAX_LINES: usize = 32;
+/// Lines of other files sent per pipeline (worker spill lines hold one
+/// record each).
+const MAX_OTHER_LINES: usize = 4096;
 /// About this many spooled records per pipeline, per source.
 const MAX_RECS: usize = 64 * 1024;
 /// Longest replay of the spool at shutdown.
@@ -73,7 +76,9 @@ impl Writer {
             if let Err(e) = self.spool.scan(true) {
                 tracing::warn!(target: "tollgate::ledger", error = %e, "could not read the spool directory");
             }
-        } else if std::fs::read_dir(self.spool.dir()).is_ok_and(|mut d| d.next().is_some()) {
+        } else if std::fs::read_dir(self.spool.dir()).is_ok_and(|mut d| {
+            d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "spool")))
+        }) {
             tracing::warn!(target: "tollgate::ledger", dir = %self.spool.dir().display(), "spool files of an earlier process are kept for a start with [store] kind = \"redis\"");
         }
         let mut recs = Vec::with_capacity(self.batch_max);
@@ -129,8 +134,8 @@ impl Writer {
         })
     }
 
-    /// Fills `recs` up to `batch_max`, waiting at most `wait` after the
-    /// first record (and for it). True when every sender is gone.
+    /// Fills `recs` up to `batch_max`, waiting at most `wait` in all.
+    /// True when every sender is gone.
     fn collect(&self, rx: &Receiver<Rec>, recs: &mut Vec<Rec>, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         while recs.len() < self.batch_max {
@@ -212,7 +217,7 @@ impl Writer {
         };
         let others = self
             .spool
-            .read_others(MAX_LINES, MAX_RECS)
+            .read_others(MAX_OTHER_LINES, MAX_RECS)
             .unwrap_or_else(|e| {
                 tracing::warn!(target: "tollgate::ledger", error = %e, "could not read the spool");
                 Vec::new()
