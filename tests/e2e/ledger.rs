@@ -193,12 +193,22 @@ fn durable_redis(addr: SocketAddr, dir: &Path) -> Proc {
 }
 
 fn config(m: &Proc, redis: SocketAddr, admin: u16, spool: &Path) -> String {
+    config_with(
+        m,
+        redis,
+        admin,
+        spool,
+        "flush_interval = \"50ms\"\nbatch_max = 256\n",
+    )
+}
+
+fn config_with(m: &Proc, redis: SocketAddr, admin: u16, spool: &Path, store: &str) -> String {
     config_for(
         m,
         &format!(
             "admin_listen = \"127.0.0.1:{admin}\"\n\
              [store]\nkind = \"redis\"\nurl = \"redis://{redis}\"\n\
-             spool_dir = \"{}\"\ntimeout = \"300ms\"\nflush_interval = \"50ms\"\nbatch_max = 256\n",
+             spool_dir = \"{}\"\ntimeout = \"300ms\"\n{store}",
             spool.display()
         ),
         "[[models]]\nname = \"gpt-4o\"\ntargets = [{ upstream = \"mock\" }]\n",
@@ -382,4 +392,80 @@ fn ledger_config_errors_name_the_key() {
         "{err}"
     );
     let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn sigterm_drains_the_queue_to_redis() {
+    let r = redis();
+    let m = mock(&[]);
+    let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
+    // A batch would only close after 30 s: everything is still in the
+    // ledger when SIGTERM comes.
+    let cfg = config_with(
+        &m,
+        r.addr,
+        free_port(),
+        &spool,
+        "flush_interval = \"30s\"\nbatch_max = 65536\n",
+    );
+    let mut g = gateway(&cfg, &[]);
+    let want = load(g.addr, 4, 50, "drain", &Arc::new(AtomicUsize::new(0)));
+    let url = format!("redis://{}", r.addr);
+    assert_eq!(
+        redis_totals(&url),
+        Some((Sums::default(), 0)),
+        "nothing written yet"
+    );
+    let t0 = Instant::now();
+    g.terminate();
+    let st = g
+        .wait_exit(Duration::from_secs(20))
+        .expect("gateway did not stop");
+    assert!(st.success(), "{st}:\n{}", g.stderr());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        t0.elapsed()
+    );
+    // Written before the process exited: no waiting here.
+    assert_eq!(redis_totals(&url), Some((want, want.requests)));
+    assert_eq!(spooled_bytes(&spool), 0);
+}
+
+#[test]
+fn a_full_queue_spills_to_disk_and_still_bills_exactly() {
+    let r = redis();
+    let m = mock(&[]);
+    let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
+    let admin = free_port();
+    let cfg = config_with(
+        &m,
+        r.addr,
+        admin,
+        &spool,
+        "ledger_queue = 1\nflush_interval = \"20ms\"\n",
+    );
+    let g = gateway(&cfg, &[]);
+    let want = load(g.addr, 12, 100, "spill", &Arc::new(AtomicUsize::new(0)));
+    wait_exact(
+        &format!("redis://{}", r.addr),
+        want,
+        Duration::from_secs(20),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let metrics = request(admin, &get("/metrics")).text();
+    let get_metric = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("tollgate_ledger_{name} ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(get_metric("overflowed_total") > 0, "{metrics}");
+    assert_eq!(
+        get_metric("queued_total") + get_metric("overflowed_total"),
+        1200
+    );
+    assert_eq!(get_metric("lost_total"), 0);
 }

@@ -27,6 +27,8 @@ const MAX_LINES: usize = 32;
 const MAX_OTHER_LINES: usize = 4096;
 /// About this many spooled records per pipeline, per source.
 const MAX_RECS: usize = 64 * 1024;
+/// Longest wait for a record without looking at the shutdown flag.
+const SLICE: Duration = Duration::from_millis(50);
 /// Longest replay of the spool at shutdown.
 const SHUTDOWN_REPLAY: Duration = Duration::from_secs(5);
 
@@ -45,6 +47,8 @@ pub struct Writer {
     flush_interval: Duration,
     /// Held while the thread runs (see `spool::lock`).
     _lock: Option<std::fs::File>,
+    /// Set at shutdown.
+    closing: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -68,10 +72,12 @@ impl Writer {
             batch_max: opts.batch_max.max(1),
             flush_interval: opts.flush_interval,
             _lock: lock,
+            closing: Arc::default(),
         }
     }
 
     pub fn run(mut self, rx: Receiver<Rec>, closing: Arc<AtomicBool>) {
+        self.closing = closing.clone();
         if self.durable {
             if let Err(e) = self.spool.scan(true) {
                 tracing::warn!(target: "tollgate::ledger", error = %e, "could not read the spool directory");
@@ -148,12 +154,14 @@ impl Writer {
                 Err(TryRecvError::Empty) => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if left.is_zero() || self.closing.load(Ordering::Acquire) {
                 break;
             }
-            match rx.recv_timeout(left) {
+            // Short slices: a shutdown is noticed within SLICE even with a
+            // long flush_interval.
+            match rx.recv_timeout(left.min(SLICE)) {
                 Ok(r) => recs.push(r),
-                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return true,
             }
         }
