@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod failover;
 pub mod http;
+pub mod ledger;
 pub mod limits;
 pub mod mock;
 pub mod route;

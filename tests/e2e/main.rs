@@ -6,6 +6,7 @@
 mod auth;
 mod failover;
 mod harness;
+mod ledger;
 mod tls;
 
 use std::time::{Duration, Instant};

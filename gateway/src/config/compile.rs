@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::raw::{RawBreaker, RawConfig, RawUpstream};
 use super::{
-    Config, ConfigError, DriverChoice, Limits, LogConfig, MockConfig, Provider, Secret,
-    ServerConfig, StoreConfig, UpstreamConfig, duration,
+    Config, ConfigError, DriverChoice, LedgerConfig, Limits, LogConfig, MockConfig, Provider,
+    Secret, ServerConfig, StoreConfig, UpstreamConfig, duration,
 };
 use crate::failover::{Breaker, BreakerConfig, Cond};
 use crate::route::{Fallback, ModelSpec, RouteTable, Target};
@@ -315,8 +315,10 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
     for (key, reason) in problems {
         errs.push(key, reason);
     }
+    let ledger = ledger_config(&mut errs, &raw.store, base_dir);
     if errs.0.is_empty() {
         Ok(Config {
+            ledger,
             store,
             auth,
             source: path.to_path_buf(),
@@ -328,6 +330,43 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
         })
     } else {
         Err(errs.0)
+    }
+}
+
+fn ledger_config(errs: &mut Errors, st: &super::raw::RawStore, base_dir: &Path) -> LedgerConfig {
+    let spool_dir = base_dir.join(st.spool_dir.as_deref().unwrap_or("tollgate-spool"));
+    if st.spool_dir.as_deref().is_some_and(|d| d.trim().is_empty()) {
+        errs.push("store.spool_dir", "must not be empty");
+    }
+    if spool_dir.exists() && !spool_dir.is_dir() {
+        errs.push(
+            "store.spool_dir",
+            format!("`{}` exists and is not a directory", spool_dir.display()),
+        );
+    }
+    let batch_max = positive(errs, "store.batch_max", st.batch_max, 2048);
+    if batch_max > 65_536 {
+        errs.push("store.batch_max", "at most 65536 records per batch");
+    }
+    let stream_max = match st.ledger_stream_max {
+        Some(0) => {
+            errs.push("store.ledger_stream_max", "must be greater than zero");
+            1
+        }
+        Some(n) => n,
+        None => 1_000_000,
+    };
+    LedgerConfig {
+        spool_dir,
+        batch_max: batch_max.min(65_536),
+        flush_interval: errs.duration(
+            "store.flush_interval",
+            &st.flush_interval,
+            Duration::from_millis(100),
+        ),
+        queue: positive(errs, "store.ledger_queue", st.ledger_queue, 65_536),
+        timeout: errs.duration("store.timeout", &st.timeout, Duration::from_secs(1)),
+        stream_max,
     }
 }
 

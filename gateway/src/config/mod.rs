@@ -96,6 +96,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[auth]`, `[[keys]]`, `[[tenants]]`.
     pub auth: auth::AuthConfig,
+    /// The billing ledger's part of `[store]`.
+    pub ledger: LedgerConfig,
 }
 
 /// `[store]`, compiled.
@@ -252,4 +254,22 @@ pub struct MockConfig {
     pub listen: SocketAddr,
     /// Text seed.
     pub seed: u64,
+}
+
+/// The billing ledger's settings (`[store]`), compiled.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Spool directory (a relative `spool_dir` is joined to the config
+    /// file's directory, like `ca_file`).
+    pub spool_dir: PathBuf,
+    /// Records per batch.
+    pub batch_max: usize,
+    /// Longest wait for a batch to fill.
+    pub flush_interval: Duration,
+    /// Queue capacity, records.
+    pub queue: usize,
+    /// Store call timeout.
+    pub timeout: Duration,
+    /// Audit stream cap, entries.
+    pub stream_max: u64,
 }

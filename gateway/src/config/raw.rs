@@ -135,6 +135,23 @@ pub struct RawStore {
     /// `fail_open` (default): a store outage degrades to per-node state;
     /// `fail_closed`: limited keys get only what was already leased.
     pub on_store_error: Option<String>,
+    /// Directory of the billing spool (usage the store has not acknowledged
+    /// yet). Relative paths are relative to the config file's directory.
+    /// Default `tollgate-spool`.
+    pub spool_dir: Option<String>,
+    /// Usage records per ledger batch (one Lua call). Default 2048.
+    pub batch_max: Option<usize>,
+    /// Longest time a usage record waits for its batch to fill. Default "100ms".
+    pub flush_interval: Option<String>,
+    /// Ledger queue capacity in records; when full, workers spill to the
+    /// spool. Default 65536.
+    pub ledger_queue: Option<usize>,
+    /// Timeout of each ledger store call (then the batch is spooled).
+    /// Default "1s".
+    pub timeout: Option<String>,
+    /// Approximate length cap of the `tollgate:ledger` audit stream,
+    /// entries (`XADD MAXLEN ~`). Default 1000000.
+    pub ledger_stream_max: Option<u64>,
 }
 
 /// `[server]`

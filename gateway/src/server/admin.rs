@@ -1,5 +1,5 @@
 //! The admin listener: `GET /healthz`, `/status`, `/metrics`, the breaker
-//! API (`admin_breakers.rs`) on a separate
+//! API (`admin_breakers.rs`), usage totals (`admin_usage.rs`) on a separate
 //! address (and thread) so operators can probe a node without touching
 //! the client port. Key management and limits: `admin_keys.rs`.
 
@@ -95,7 +95,8 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
             let body = &buf[head.len..head.len + body_len];
             let (status, json) = super::admin_keys::authorized(shared, &buf, &head)
                 .and_then(|()| {
-                    super::admin_keys::handle(shared, method, &p, body).ok_or_else(|| {
+                    let q = String::from_utf8_lossy(head.query(&buf));
+                    super::admin_keys::handle(shared, method, &p, &q, body).ok_or_else(|| {
                         (
                             404,
                             "{\"error\":{\"message\":\"unknown admin call\",\"type\":\"admin_error\",\"code\":\"not_found\"}}".to_string(),
@@ -132,6 +133,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                 shared.token_metrics.render(&mut text);
                 super::admin_breakers::render(shared, &mut text);
                 shared.auth.metrics.render(&mut text);
+                shared.ledger.render(&mut text);
                 full(
                     &mut out,
                     200,
@@ -191,7 +193,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                     .unwrap_or_else(|| {
                         Err(Error::new(
                             Kind::NotFound,
-                            "admin serves GET /healthz, /status, /metrics, /breakers and POST /breakers/{model}/{upstream}/{open|close}",
+                            "admin serves GET /healthz, /status, /metrics, /breakers, POST /breakers/{model}/{upstream}/{open|close} and, with the admin token, /admin/keys, /admin/limits, /admin/usage",
                         ))
                     });
                 match action {

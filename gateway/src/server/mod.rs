@@ -13,6 +13,7 @@ mod account;
 mod admin;
 mod admin_breakers;
 mod admin_keys;
+mod admin_usage;
 mod client;
 mod conn;
 mod drain;
@@ -60,8 +61,12 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let token_metrics = Arc::new(crate::usage::TokenMetrics::default());
-    let sinks =
-        crate::usage::Sinks::new(vec![Arc::new(crate::usage::LogSink), token_metrics.clone()]);
+    let (ledger, ledger_thread) = start_ledger(&cfg)?;
+    let sinks = crate::usage::Sinks::new(vec![
+        Arc::new(crate::usage::LogSink),
+        token_metrics.clone(),
+        ledger.clone(),
+    ]);
     let breaker_sync = match &cfg.store {
         crate::config::StoreConfig::Memory => None,
         crate::config::StoreConfig::Redis { url } => {
@@ -89,6 +94,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         auth,
         key_store,
+        ledger,
         breaker_sync,
         token_metrics,
         sinks,
@@ -170,8 +176,30 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     for h in handles {
         let _ = h.join();
     }
+    // Workers are gone: no record can arrive any more.
+    ledger_thread.finish();
     tracing::info!("stopped");
     Ok(())
+}
+
+fn start_ledger(
+    cfg: &Config,
+) -> anyhow::Result<(Arc<crate::ledger::Ledger>, crate::ledger::LedgerThread)> {
+    let l = &cfg.ledger;
+    let backend = match &cfg.store {
+        crate::config::StoreConfig::Memory => crate::ledger::Backend::Memory,
+        crate::config::StoreConfig::Redis { url } => crate::ledger::Backend::Redis(url.clone()),
+    };
+    crate::ledger::start(crate::ledger::Options {
+        backend,
+        spool_dir: l.spool_dir.clone(),
+        batch_max: l.batch_max,
+        flush_interval: l.flush_interval,
+        queue: l.queue,
+        timeout: l.timeout,
+        stream_max: l.stream_max,
+    })
+    .context("starting the billing ledger")
 }
 
 fn wait_for_signal() -> anyhow::Result<()> {

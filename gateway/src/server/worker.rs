@@ -35,6 +35,9 @@ pub struct Shared {
     pub auth: Arc<crate::auth::Auth>,
     /// Where keys made through the admin API are kept.
     pub key_store: crate::auth::store::KeyStore,
+    /// The billing ledger (also one of the sinks), for `/admin/usage`
+    /// and `/metrics`.
+    pub ledger: Arc<crate::ledger::Ledger>,
 }
 
 /// Per-worker state, owned by the worker thread.
