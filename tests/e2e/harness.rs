@@ -396,7 +396,11 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Starts a private `redis-server` on a free port (no persistence).
 pub fn redis() -> Proc {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    redis_on(format!("127.0.0.1:{}", free_port()).parse().unwrap())
+}
+
+/// Starts a private `redis-server` on `addr` (e.g. to bring one back).
+pub fn redis_on(addr: SocketAddr) -> Proc {
     let dir = tmpdir();
     let log = dir.join("redis.log");
     let f = std::fs::File::create(&log).unwrap();

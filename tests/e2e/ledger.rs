@@ -13,6 +13,18 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
+/// Admin token of the gateways here (`/admin/usage` needs it).
+const TOKEN: &str = "ledger-admin-token-42";
+const ENV: &[(&str, &str)] = &[("TG_LEDGER_ADMIN", TOKEN)];
+
+fn admin_get(admin: SocketAddr, path: &str) -> Resp {
+    request(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
 /// What the clients were billed, by their own reading of the responses.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Sums {
@@ -208,7 +220,8 @@ fn config_with(m: &Proc, redis: SocketAddr, admin: u16, spool: &Path, store: &st
         &format!(
             "admin_listen = \"127.0.0.1:{admin}\"\n\
              [store]\nkind = \"redis\"\nurl = \"redis://{redis}\"\n\
-             spool_dir = \"{}\"\ntimeout = \"300ms\"\n{store}",
+             spool_dir = \"{}\"\ntimeout = \"300ms\"\n{store}\
+             [auth]\nadmin_token_env = \"TG_LEDGER_ADMIN\"\n",
             spool.display()
         ),
         "[[models]]\nname = \"gpt-4o\"\ntargets = [{ upstream = \"mock\" }]\n",
@@ -221,7 +234,7 @@ fn redis_totals_equal_the_usage_clients_received() {
     let m = mock(&[]);
     let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
     let admin = free_port();
-    let g = gateway(&config(&m, r.addr, admin, &spool), &[]);
+    let g = gateway(&config(&m, r.addr, admin, &spool), ENV);
     let done = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let want = load(g.addr, 24, 125, "exact", &done);
@@ -232,7 +245,12 @@ fn redis_totals_equal_the_usage_clients_received() {
 
     // The admin API reads the same totals back.
     let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let u = request(admin, &get("/admin/usage?tenant=-")).json();
+    assert_eq!(
+        request(admin, &get("/admin/usage")).status,
+        401,
+        "token required"
+    );
+    let u = admin_get(admin, "/admin/usage?tenant=-").json();
     assert_eq!(u["store"], "redis");
     let t = &u["tenants"][0];
     assert_eq!(t["tenant"], "-");
@@ -242,10 +260,7 @@ fn redis_totals_equal_the_usage_clients_received() {
         assert_eq!(t["totals"]["completion_tokens"], want.completion);
         assert_eq!(t["models"]["gpt-4o"]["completion_tokens"], want.completion);
     }
-    assert_eq!(
-        request(admin, &get("/admin/usage?day=2025-02-30")).status,
-        400
-    );
+    assert_eq!(admin_get(admin, "/admin/usage?day=2025-02-30").status, 400);
     let metrics = request(admin, &get("/metrics")).text();
     assert!(
         metrics.contains("tollgate_ledger_written_total 3000"),
@@ -268,7 +283,7 @@ fn a_redis_crash_and_a_gateway_restart_lose_and_double_nothing() {
     let mut r = durable_redis(raddr, &data);
     let admin = free_port();
     let cfg = config(&m, raddr, admin, &spool);
-    let mut g = gateway(&cfg, &[]);
+    let mut g = gateway(&cfg, ENV);
     let done = Arc::new(AtomicUsize::new(0));
     let mut want = Sums::default();
 
@@ -302,7 +317,7 @@ fn a_redis_crash_and_a_gateway_restart_lose_and_double_nothing() {
         std::fs::read_dir(&spool).unwrap().count() > 0,
         "spool kept on disk"
     );
-    let g2 = gateway(&cfg, &[]);
+    let g2 = gateway(&cfg, ENV);
     want.add(load(g2.addr, 16, 50, "three", &done));
 
     // 4. Redis back (same port, same data); load continues meanwhile.
@@ -334,19 +349,22 @@ fn the_memory_store_answers_admin_usage_on_one_node() {
     let admin = free_port();
     let cfg = config_for(
         &m,
-        &format!("admin_listen = \"127.0.0.1:{admin}\"\n[store]\nflush_interval = \"10ms\"\n"),
+        &format!(
+            "admin_listen = \"127.0.0.1:{admin}\"\n[store]\nflush_interval = \"10ms\"\n\
+             [auth]\nadmin_token_env = \"TG_LEDGER_ADMIN\"\n"
+        ),
         "[[models]]\nname = \"gpt-4o\"\ntargets = [{ upstream = \"mock\", model = \"gpt-4o-2024-08-06\" }]\n",
     );
-    let g = gateway(&cfg, &[]);
+    let g = gateway(&cfg, ENV);
     let want = load(g.addr, 4, 25, "mem", &Arc::new(AtomicUsize::new(0)));
     let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let mut last = serde_json::Value::Null;
     let ok = eventually(Duration::from_secs(10), || {
-        last = request(admin, &get("/admin/usage")).json();
+        last = admin_get(admin, "/admin/usage").json();
         last["tenants"][0]["totals"]["requests"] == want.requests
     });
     assert!(
-        ok || last["day"] != request(admin, &get("/admin/usage")).json()["day"],
+        ok || last["day"] != admin_get(admin, "/admin/usage").json()["day"],
         "{last}"
     );
     if ok {
@@ -361,9 +379,9 @@ fn the_memory_store_answers_admin_usage_on_one_node() {
             want.completion
         );
     }
-    let other = request(admin, &get("/admin/usage?tenant=nobody")).json();
+    let other = admin_get(admin, "/admin/usage?tenant=nobody").json();
     assert_eq!(other["tenants"], serde_json::json!([]));
-    let r = request(admin, &get("/admin/usage?bogus=1"));
+    let r = admin_get(admin, "/admin/usage?bogus=1");
     assert_eq!(r.status, 400);
     assert!(r.text().contains("unknown parameter"), "{}", r.text());
 }
@@ -408,7 +426,7 @@ fn sigterm_drains_the_queue_to_redis() {
         &spool,
         "flush_interval = \"30s\"\nbatch_max = 65536\n",
     );
-    let mut g = gateway(&cfg, &[]);
+    let mut g = gateway(&cfg, ENV);
     let want = load(g.addr, 4, 50, "drain", &Arc::new(AtomicUsize::new(0)));
     let url = format!("redis://{}", r.addr);
     assert_eq!(
@@ -445,7 +463,7 @@ fn a_full_queue_spills_to_disk_and_still_bills_exactly() {
         &spool,
         "ledger_queue = 1\nflush_interval = \"20ms\"\n",
     );
-    let g = gateway(&cfg, &[]);
+    let g = gateway(&cfg, ENV);
     let want = load(g.addr, 12, 100, "spill", &Arc::new(AtomicUsize::new(0)));
     wait_exact(
         &format!("redis://{}", r.addr),

@@ -232,6 +232,22 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
                 .as_ref()
                 .map(|_| errs.duration(&format!("{key}.deadline"), &m.deadline, Duration::ZERO)),
             tokenizer: m.tokenizer,
+            price: m.price.and_then(|p| {
+                let ok = p.input.is_finite()
+                    && p.output.is_finite()
+                    && p.input >= 0.0
+                    && p.output >= 0.0;
+                if !ok {
+                    errs.push(
+                        format!("models[{i}].price"),
+                        "input and output must be finite, non-negative dollars per million tokens",
+                    );
+                }
+                ok.then_some(crate::route::Price {
+                    input: p.input,
+                    output: p.output,
+                })
+            }),
         });
     }
     let routes = match RouteTable::build(specs) {
@@ -282,17 +298,29 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
         }
     };
     match raw.store.on_store_error.as_deref() {
-        None | Some("fail_open") => {}
+        None | Some("fail_open" | "fail_closed") => {}
         Some(other) => errs.push(
             "store.on_store_error",
-            format!("`{other}` is not supported; the gateway fails open (fail_open)"),
+            format!("unknown policy `{other}`; use fail_open or fail_closed"),
         ),
     }
     let ledger = ledger_config(&mut errs, &raw.store, base_dir);
+    let (auth, problems) = super::auth::compile(
+        &raw.auth,
+        &raw.keys,
+        &raw.tenants,
+        raw.store.on_store_error.as_deref(),
+        &routes,
+        &|var| std::env::var(var).ok(),
+    );
+    for (key, reason) in problems {
+        errs.push(key, reason);
+    }
     if errs.0.is_empty() {
         Ok(Config {
             ledger,
             store,
+            auth,
             source: path.to_path_buf(),
             server,
             log,

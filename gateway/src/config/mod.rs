@@ -6,6 +6,7 @@
 //! A config that does not compile is never used: `serve` refuses to start
 //! and `check-config` exits non-zero, both printing every error.
 
+pub mod auth;
 mod compile;
 pub mod duration;
 pub mod raw;
@@ -95,6 +96,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The billing ledger's part of `[store]`.
     pub ledger: LedgerConfig,
+    /// `[auth]`, `[[keys]]`, `[[tenants]]`.
+    pub auth: auth::AuthConfig,
 }
 
 /// `[store]`, compiled.

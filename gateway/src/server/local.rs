@@ -26,6 +26,13 @@ pub fn handle(
         head_only: head.method == Method::Head,
     };
     let json = b"application/json";
+    if path.starts_with(b"/v1/") {
+        // The model list is an API call like any other: it needs a key.
+        w.shared
+            .auth
+            .authenticate(cin.buf(), &head.headers)
+            .map_err(|e| (e, false))?;
+    }
     match path {
         b"/healthz" | b"/v1/models" if !readable => Err((
             Error::new(Kind::MethodNotAllowed, "use GET for this endpoint"),

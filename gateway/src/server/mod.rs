@@ -12,6 +12,7 @@
 mod account;
 mod admin;
 mod admin_breakers;
+mod admin_keys;
 mod admin_usage;
 mod client;
 mod conn;
@@ -89,8 +90,11 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             Some((sync, offsets))
         }
     };
+    let (auth, key_store) = start_auth(&cfg)?;
     let shared = Arc::new(Shared {
         ledger,
+        auth,
+        key_store,
         breaker_sync,
         token_metrics,
         sinks,
@@ -204,4 +208,51 @@ fn wait_for_signal() -> anyhow::Result<()> {
         .context("installing signal handlers")?;
     let _ = signals.forever().next();
     Ok(())
+}
+
+/// Keys, limits and, with a Redis store, the threads that share them.
+fn start_auth(
+    cfg: &Config,
+) -> anyhow::Result<(Arc<crate::auth::Auth>, crate::auth::store::KeyStore)> {
+    use crate::auth::Auth;
+    use crate::auth::store::KeyStore;
+    use crate::limits::{Allow, Limiter, lease::LeaseThread};
+    let a = &cfg.auth;
+    if !a.required {
+        tracing::warn!(
+            target: "tollgate::auth",
+            "auth is off: requests are served without an API key (no [[keys]] and no [auth] mode = \"keys\")"
+        );
+    }
+    match &cfg.store {
+        crate::config::StoreConfig::Memory => {
+            let auth = Arc::new(Auth::new(a, Arc::new(Limiter::default())));
+            Ok((auth, KeyStore::memory()))
+        }
+        crate::config::StoreConfig::Redis { url } => {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let limiter = Arc::new(Limiter::shared(tx));
+            let auth = Arc::new(Auth::new(a, limiter.clone()));
+            let client =
+                redis::Client::open(url.as_str()).map_err(|e| anyhow!("store.url: {e}"))?;
+            let a2 = auth.clone();
+            let lease = LeaseThread {
+                client,
+                limiter,
+                counters: Arc::new(move || a2.all_counters()),
+                down: if a.fail_closed {
+                    Allow::Closed
+                } else {
+                    Allow::Local
+                },
+                wake: rx,
+            };
+            std::thread::Builder::new()
+                .name("tollgate-limits".into())
+                .spawn(move || lease.run())?;
+            let store = KeyStore::redis(url, auth.clone()).map_err(|e| anyhow!(e))?;
+            tracing::info!(target: "tollgate::auth", %url, "keys and limits shared through redis");
+            Ok((auth, store))
+        }
+    }
 }

@@ -34,6 +34,10 @@ pub struct Shared {
     /// The billing ledger (also one of the sinks), for `/admin/usage`
     /// and `/metrics`.
     pub ledger: Arc<crate::ledger::Ledger>,
+    /// Keys, tenants and limit counters.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Where keys made through the admin API are kept.
+    pub key_store: crate::auth::store::KeyStore,
 }
 
 /// Per-worker state, owned by the worker thread.

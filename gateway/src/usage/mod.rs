@@ -65,7 +65,7 @@ pub struct UsageRecord {
     pub total: Duration,
     /// Streaming request.
     pub stream: bool,
-    /// Price in micro-dollars (0 until a price table fills it).
+    /// Price of the usage in micro-dollars (0 when the model has no price).
     pub cost_micros: u64,
 }
 
