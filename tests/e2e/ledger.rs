@@ -487,3 +487,97 @@ fn a_full_queue_spills_to_disk_and_still_bills_exactly() {
     );
     assert_eq!(get_metric("lost_total"), 0);
 }
+
+#[test]
+fn usage_is_booked_per_tenant_and_key_at_the_models_price() {
+    let r = redis();
+    let m = mock(&[]);
+    let admin = free_port();
+    let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
+    let hex = |k: &str| tollgate::auth::keys::to_hex(&tollgate::auth::keys::hash(k.as_bytes()));
+    let cfg = config_for(
+        &m,
+        &format!(
+            "admin_listen = \"127.0.0.1:{admin}\"\n\
+             [store]\nkind = \"redis\"\nurl = \"redis://{}\"\nspool_dir = \"{}\"\nflush_interval = \"20ms\"\n\
+             [auth]\nmode = \"keys\"\nadmin_token_env = \"TG_LEDGER_ADMIN\"\n\
+             [[keys]]\nid = \"acme-1\"\ntenant = \"acme\"\nkey_sha256 = \"{}\"\n\
+             [[keys]]\nid = \"beta-1\"\ntenant = \"beta\"\nkey_sha256 = \"{}\"\n",
+            r.addr,
+            spool.display(),
+            hex("tg-acme-secret"),
+            hex("tg-beta-secret"),
+        ),
+        "[[models]]\nname = \"gpt-4o\"\ntargets = [{ upstream = \"mock\" }]\n\
+         price = { input = 2.5, output = 10.0 }\n",
+    );
+    let g = gateway(&cfg, ENV);
+    // (requests, prompt, completion, cost) per tenant, as the clients saw it.
+    let mut want = std::collections::BTreeMap::<&str, (u64, u64, u64, u64)>::new();
+    let mut conn = Conn::open(g.addr);
+    for i in 0..50 {
+        let (tenant, key) = if i % 5 < 3 {
+            ("acme", "tg-acme-secret")
+        } else {
+            ("beta", "tg-beta-secret")
+        };
+        let body = format!(
+            r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"request {i}"}}],"max_tokens":{}}}"#,
+            1 + i % 9
+        );
+        conn.send(&post(
+            "/v1/chat/completions",
+            &body,
+            &format!("Authorization: Bearer {key}\r\n"),
+        ));
+        let resp = conn.read_response().unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let (p, c) = usage_of(&resp, false);
+        // $2.5 / $10 per million tokens = 2.5 / 10 micro-dollars a token.
+        let cost = (p as f64 * 2.5 + c as f64 * 10.0).ceil() as u64;
+        let e = want.entry(tenant).or_default();
+        *e = (e.0 + 1, e.1 + p, e.2 + c, e.3 + cost);
+    }
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let mut last = serde_json::Value::Null;
+    let got = |v: &serde_json::Value, t: &str| {
+        v["tenants"].as_array().and_then(|a| {
+            a.iter().find(|x| x["tenant"] == t).map(|x| {
+                let n = |f: &str| x["totals"][f].as_u64().unwrap_or(0);
+                (
+                    n("requests"),
+                    n("prompt_tokens"),
+                    n("completion_tokens"),
+                    n("cost_micros"),
+                )
+            })
+        })
+    };
+    let ok = eventually(Duration::from_secs(10), || {
+        last = admin_get(admin, "/admin/usage").json();
+        want.iter().all(|(t, w)| got(&last, t) == Some(*w))
+    });
+    assert!(ok, "{last} != {want:?}");
+    assert!(want["acme"].3 > 0, "the price applied");
+    // Every audit entry names its key and tenant.
+    let mut c = redis::Client::open(format!("redis://{}", r.addr))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("tollgate:ledger")
+        .arg("-")
+        .arg("+")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(entries.len(), 50);
+    let mut by_key = std::collections::BTreeMap::<String, u64>::new();
+    for (_, fields) in &entries {
+        let v: serde_json::Value = serde_json::from_str(&fields[0].1).unwrap();
+        let key = v["key"].as_str().unwrap().to_string();
+        assert_eq!(v["tenant"], if key == "acme-1" { "acme" } else { "beta" });
+        *by_key.entry(key).or_default() += v["cost_micros"].as_u64().unwrap();
+    }
+    assert_eq!(by_key["acme-1"], want["acme"].3);
+    assert_eq!(by_key["beta-1"], want["beta"].3);
+}
