@@ -49,6 +49,7 @@ fn auth(keys: usize) -> Auth {
     for t in 0..100 {
         cfg.tenants.push(TenantConfig {
             id: format!("tenant-{t}"),
+            models: None,
             limits: LimitSpec {
                 rpm: Some(1 << 39),
                 budget_tokens: Some(1 << 39),

@@ -97,6 +97,30 @@ fn keys_gate_every_api_call_and_never_reach_the_logs() {
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.error_code(), "model_not_allowed");
     assert_eq!(request(g.addr, &with_key(claude, KEY_B)).status, 200);
+    // The model list shows what the key may use.
+    let list = request(
+        g.addr,
+        format!("GET /v1/models HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {KEY_A}\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(list.status, 200);
+    let ids: Vec<String> = list.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["gpt-4o"]);
+    let one = |id: &str, key: &str| {
+        request(
+            g.addr,
+            format!("GET /v1/models/{id} HTTP/1.1\r\nHost: t\r\nx-api-key: {key}\r\n\r\n")
+                .as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(one("claude-3", KEY_A), 404);
+    assert_eq!(one("claude-3", KEY_B), 200);
     // Auth comes before body checks: a bad body with no key is a 401.
     assert_eq!(request(g.addr, &chat("{")).status, 401);
     assert_eq!(request(g.addr, &with_key("{", KEY_A)).status, 400);
@@ -621,4 +645,59 @@ fn bad_auth_config_names_the_key_and_reason() {
             "{rest}\n{err}"
         );
     }
+}
+
+#[test]
+fn the_ledger_bills_each_tenant_its_usage_at_the_model_price() {
+    let m = mock(&[]);
+    let admin = free_port();
+    let cfg = base(
+        &m,
+        Some(admin),
+        &format!("[store]\nflush_interval = \"10ms\"\n{ADMIN_AUTH}"),
+        &format!(
+            "[[keys]]\nid = \"a\"\ntenant = \"acme\"\nkey_sha256 = \"{}\"\n\
+             [[keys]]\nid = \"b\"\ntenant = \"beta\"\nkey_sha256 = \"{}\"\n",
+            sha(KEY_A),
+            sha(KEY_B)
+        ),
+    );
+    let g = gateway(&cfg, &[]);
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let (mut prompt, mut completion, mut n) = (0u64, 0u64, 0u64);
+    for i in 0..9u64 {
+        let key = if i % 3 == 0 { KEY_B } else { KEY_A };
+        let body = format!(
+            r#"{{"model":"gpt-4o","max_tokens":{},"messages":[{{"role":"user","content":"hello number {i}"}}]}}"#,
+            5 + i
+        );
+        let r = request(g.addr, &with_key(&body, key));
+        assert_eq!(r.status, 200, "{}", r.text());
+        if key == KEY_A {
+            prompt += r.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+            completion += r.json()["usage"]["completion_tokens"].as_u64().unwrap();
+            n += 1;
+        }
+    }
+    // gpt-4o costs 2.5 / 10 dollars per million tokens: micro-dollars per
+    // token; each record rounds up to a whole micro-dollar.
+    let mut acme = serde_json::Value::Null;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let u = admin_get(admin, "/admin/usage?tenant=acme").json();
+            acme = u["tenants"][0]["totals"].clone();
+            acme["requests"] == n
+        }),
+        "{acme}"
+    );
+    assert_eq!(acme["prompt_tokens"], prompt);
+    assert_eq!(acme["completion_tokens"], completion);
+    let cost = acme["cost_micros"].as_u64().unwrap();
+    let exact = prompt as f64 * 2.5 + completion as f64 * 10.0;
+    assert!(
+        cost as f64 >= exact && (cost as f64) < exact + n as f64,
+        "{cost} vs {exact}"
+    );
+    // Without the token the usage is not readable.
+    assert_eq!(request(admin, &get("/admin/usage")).status, 401);
 }

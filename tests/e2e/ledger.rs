@@ -13,18 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-/// Admin token of the gateways here (`/admin/usage` needs it).
-const TOKEN: &str = "ledger-admin-token-42";
-const ENV: &[(&str, &str)] = &[("TG_LEDGER_ADMIN", TOKEN)];
-
-fn admin_get(admin: SocketAddr, path: &str) -> Resp {
-    request(
-        admin,
-        format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
-            .as_bytes(),
-    )
-}
-
 /// What the clients were billed, by their own reading of the responses.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Sums {
@@ -220,8 +208,7 @@ fn config_with(m: &Proc, redis: SocketAddr, admin: u16, spool: &Path, store: &st
         &format!(
             "admin_listen = \"127.0.0.1:{admin}\"\n\
              [store]\nkind = \"redis\"\nurl = \"redis://{redis}\"\n\
-             spool_dir = \"{}\"\ntimeout = \"300ms\"\n{store}\
-             [auth]\nadmin_token_env = \"TG_LEDGER_ADMIN\"\n",
+             spool_dir = \"{}\"\ntimeout = \"300ms\"\n{store}\n{ADMIN_AUTH}",
             spool.display()
         ),
         "[[models]]\nname = \"gpt-4o\"\ntargets = [{ upstream = \"mock\" }]\n",
@@ -234,7 +221,7 @@ fn redis_totals_equal_the_usage_clients_received() {
     let m = mock(&[]);
     let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
     let admin = free_port();
-    let g = gateway(&config(&m, r.addr, admin, &spool), ENV);
+    let g = gateway(&config(&m, r.addr, admin, &spool), &[]);
     let done = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
     let want = load(g.addr, 24, 125, "exact", &done);
@@ -245,11 +232,6 @@ fn redis_totals_equal_the_usage_clients_received() {
 
     // The admin API reads the same totals back.
     let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    assert_eq!(
-        request(admin, &get("/admin/usage")).status,
-        401,
-        "token required"
-    );
     let u = admin_get(admin, "/admin/usage?tenant=-").json();
     assert_eq!(u["store"], "redis");
     let t = &u["tenants"][0];
@@ -283,7 +265,7 @@ fn a_redis_crash_and_a_gateway_restart_lose_and_double_nothing() {
     let mut r = durable_redis(raddr, &data);
     let admin = free_port();
     let cfg = config(&m, raddr, admin, &spool);
-    let mut g = gateway(&cfg, ENV);
+    let mut g = gateway(&cfg, &[]);
     let done = Arc::new(AtomicUsize::new(0));
     let mut want = Sums::default();
 
@@ -317,7 +299,7 @@ fn a_redis_crash_and_a_gateway_restart_lose_and_double_nothing() {
         std::fs::read_dir(&spool).unwrap().count() > 0,
         "spool kept on disk"
     );
-    let g2 = gateway(&cfg, ENV);
+    let g2 = gateway(&cfg, &[]);
     want.add(load(g2.addr, 16, 50, "three", &done));
 
     // 4. Redis back (same port, same data); load continues meanwhile.
@@ -350,12 +332,11 @@ fn the_memory_store_answers_admin_usage_on_one_node() {
     let cfg = config_for(
         &m,
         &format!(
-            "admin_listen = \"127.0.0.1:{admin}\"\n[store]\nflush_interval = \"10ms\"\n\
-             [auth]\nadmin_token_env = \"TG_LEDGER_ADMIN\"\n"
+            "admin_listen = \"127.0.0.1:{admin}\"\n[store]\nflush_interval = \"10ms\"\n{ADMIN_AUTH}"
         ),
         "[[models]]\nname = \"gpt-4o\"\ntargets = [{ upstream = \"mock\", model = \"gpt-4o-2024-08-06\" }]\n",
     );
-    let g = gateway(&cfg, ENV);
+    let g = gateway(&cfg, &[]);
     let want = load(g.addr, 4, 25, "mem", &Arc::new(AtomicUsize::new(0)));
     let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let mut last = serde_json::Value::Null;
@@ -426,7 +407,7 @@ fn sigterm_drains_the_queue_to_redis() {
         &spool,
         "flush_interval = \"30s\"\nbatch_max = 65536\n",
     );
-    let mut g = gateway(&cfg, ENV);
+    let mut g = gateway(&cfg, &[]);
     let want = load(g.addr, 4, 50, "drain", &Arc::new(AtomicUsize::new(0)));
     let url = format!("redis://{}", r.addr);
     assert_eq!(
@@ -463,7 +444,7 @@ fn a_full_queue_spills_to_disk_and_still_bills_exactly() {
         &spool,
         "ledger_queue = 1\nflush_interval = \"20ms\"\n",
     );
-    let g = gateway(&cfg, ENV);
+    let g = gateway(&cfg, &[]);
     let want = load(g.addr, 12, 100, "spill", &Arc::new(AtomicUsize::new(0)));
     wait_exact(
         &format!("redis://{}", r.addr),
@@ -489,106 +470,12 @@ fn a_full_queue_spills_to_disk_and_still_bills_exactly() {
 }
 
 #[test]
-fn usage_is_booked_per_tenant_and_key_at_the_models_price() {
-    let r = redis();
-    let m = mock(&[]);
-    let admin = free_port();
-    let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
-    let hex = |k: &str| tollgate::auth::keys::to_hex(&tollgate::auth::keys::hash(k.as_bytes()));
-    let cfg = config_for(
-        &m,
-        &format!(
-            "admin_listen = \"127.0.0.1:{admin}\"\n\
-             [store]\nkind = \"redis\"\nurl = \"redis://{}\"\nspool_dir = \"{}\"\nflush_interval = \"20ms\"\n\
-             [auth]\nmode = \"keys\"\nadmin_token_env = \"TG_LEDGER_ADMIN\"\n\
-             [[keys]]\nid = \"acme-1\"\ntenant = \"acme\"\nkey_sha256 = \"{}\"\n\
-             [[keys]]\nid = \"beta-1\"\ntenant = \"beta\"\nkey_sha256 = \"{}\"\n",
-            r.addr,
-            spool.display(),
-            hex("tg-acme-secret"),
-            hex("tg-beta-secret"),
-        ),
-        "[[models]]\nname = \"gpt-4o\"\ntargets = [{ upstream = \"mock\" }]\n\
-         price = { input = 2.5, output = 10.0 }\n",
-    );
-    let g = gateway(&cfg, ENV);
-    // (requests, prompt, completion, cost) per tenant, as the clients saw it.
-    let mut want = std::collections::BTreeMap::<&str, (u64, u64, u64, u64)>::new();
-    let mut conn = Conn::open(g.addr);
-    for i in 0..50 {
-        let (tenant, key) = if i % 5 < 3 {
-            ("acme", "tg-acme-secret")
-        } else {
-            ("beta", "tg-beta-secret")
-        };
-        let body = format!(
-            r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"request {i}"}}],"max_tokens":{}}}"#,
-            1 + i % 9
-        );
-        conn.send(&post(
-            "/v1/chat/completions",
-            &body,
-            &format!("Authorization: Bearer {key}\r\n"),
-        ));
-        let resp = conn.read_response().unwrap();
-        assert_eq!(resp.status, 200, "{}", resp.text());
-        let (p, c) = usage_of(&resp, false);
-        // $2.5 / $10 per million tokens = 2.5 / 10 micro-dollars a token.
-        let cost = (p as f64 * 2.5 + c as f64 * 10.0).ceil() as u64;
-        let e = want.entry(tenant).or_default();
-        *e = (e.0 + 1, e.1 + p, e.2 + c, e.3 + cost);
-    }
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let mut last = serde_json::Value::Null;
-    let got = |v: &serde_json::Value, t: &str| {
-        v["tenants"].as_array().and_then(|a| {
-            a.iter().find(|x| x["tenant"] == t).map(|x| {
-                let n = |f: &str| x["totals"][f].as_u64().unwrap_or(0);
-                (
-                    n("requests"),
-                    n("prompt_tokens"),
-                    n("completion_tokens"),
-                    n("cost_micros"),
-                )
-            })
-        })
-    };
-    let ok = eventually(Duration::from_secs(10), || {
-        last = admin_get(admin, "/admin/usage").json();
-        want.iter().all(|(t, w)| got(&last, t) == Some(*w))
-    });
-    assert!(ok, "{last} != {want:?}");
-    assert!(want["acme"].3 > 0, "the price applied");
-    // Every audit entry names its key and tenant.
-    let mut c = redis::Client::open(format!("redis://{}", r.addr))
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg("tollgate:ledger")
-        .arg("-")
-        .arg("+")
-        .query(&mut c)
-        .unwrap();
-    assert_eq!(entries.len(), 50);
-    let mut by_key = std::collections::BTreeMap::<String, u64>::new();
-    for (_, fields) in &entries {
-        let v: serde_json::Value = serde_json::from_str(&fields[0].1).unwrap();
-        let key = v["key"].as_str().unwrap().to_string();
-        assert_eq!(v["tenant"], if key == "acme-1" { "acme" } else { "beta" });
-        *by_key.entry(key).or_default() += v["cost_micros"].as_u64().unwrap();
-    }
-    assert_eq!(by_key["acme-1"], want["acme"].3);
-    assert_eq!(by_key["beta-1"], want["beta"].3);
-}
-
-#[test]
 fn two_nodes_sharing_one_redis_add_up_exactly() {
     let r = redis();
     let m = mock(&[]);
     let node = || {
         let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
-        gateway(&config(&m, r.addr, free_port(), &spool), ENV)
+        gateway(&config(&m, r.addr, free_port(), &spool), &[])
     };
     let (a, b) = (node(), node());
     let (aa, ba) = (a.addr, b.addr);

@@ -34,6 +34,8 @@ pub use store::StoredKey;
 pub struct Tenant {
     /// Tenant id.
     pub id: Arc<str>,
+    /// Allowed model patterns for all its keys; `None` = all.
+    pub models: Option<Vec<Glob>>,
     /// Its limits, as configured.
     pub spec: LimitSpec,
     /// Its counters, when it has limits.
@@ -79,10 +81,13 @@ pub struct KeyEntry {
 impl KeyEntry {
     /// May this key call `requested` (served by the route `route_name`)?
     pub fn allows(&self, requested: &str, route_name: &str) -> bool {
-        self.models.as_ref().is_none_or(|pats| {
-            pats.iter()
-                .any(|g| g.matches(requested) || g.matches(route_name))
-        })
+        let ok = |list: &Option<Vec<Glob>>| {
+            list.as_ref().is_none_or(|pats| {
+                pats.iter()
+                    .any(|g| g.matches(requested) || g.matches(route_name))
+            })
+        };
+        ok(&self.models) && ok(&self.tenant.models)
     }
 
     /// The counters a request on `route_name` spends from: key, key×model,
@@ -246,6 +251,10 @@ impl Auth {
                 id.clone(),
                 Arc::new(Tenant {
                     id,
+                    models: t
+                        .models
+                        .as_ref()
+                        .map(|m| m.iter().map(|p| Glob::new(p)).collect()),
                     spec: t.limits.clone(),
                     counters: counters(
                         format!("tenant:{}", t.id),
@@ -278,6 +287,7 @@ impl Auth {
                     // A tenant only named by keys: no limits of its own.
                     Arc::new(Tenant {
                         id: Arc::from(k.tenant.as_str()),
+                        models: None,
                         spec: LimitSpec::default(),
                         counters: None,
                         model_counters: Vec::new(),
@@ -357,6 +367,7 @@ mod tests {
             }],
             tenants: vec![TenantConfig {
                 id: "acme".into(),
+                models: Some(vec!["gpt-4o".into(), "o1".into()]),
                 limits: LimitSpec {
                     tpm: Some(100),
                     ..LimitSpec::default()
@@ -382,8 +393,12 @@ mod tests {
         let k = a.authenticate(&buf, &hs).unwrap().unwrap();
         assert_eq!(&*k.id, "k1");
         assert_eq!(&*k.tenant.id, "acme");
-        assert!(k.allows("gpt-4o-mini", "gpt-4o-mini"));
+        assert!(k.allows("gpt-4o", "gpt-4o"));
         assert!(!k.allows("claude", "claude"));
+        // Allowed by the key (gpt-4o*) but not by its tenant.
+        assert!(!k.allows("gpt-4o-mini", "gpt-4o-mini"));
+        // Allowed by the tenant but not by the key.
+        assert!(!k.allows("o1", "o1"));
         let scopes: Vec<&str> = k.scopes("gpt-4o").iter().map(|c| &*c.scope).collect();
         assert_eq!(scopes, ["key:k1", "key:k1/gpt-4o", "tenant:acme"]);
         let (buf, hs) = head("authorization: Bearer tg-wrong");

@@ -321,6 +321,7 @@ fn wait_for(auth: &Auth, wake: &SyncSender<()>, rev: u64) {
 fn sync(client: redis::Client, auth: Arc<Auth>, wake: Receiver<()>) {
     let mut conn: Option<redis::Connection> = None;
     let mut healthy = true;
+    let mut loaded = false;
     loop {
         match wake.recv_timeout(POLL) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -330,7 +331,7 @@ fn sync(client: redis::Client, auth: Arc<Auth>, wake: Receiver<()>) {
             conn = KeyStore::connect(&client).ok();
         }
         let r = match conn.as_mut() {
-            Some(c) => reload(c, &auth),
+            Some(c) => reload(c, &auth, &mut loaded),
             None => Err(redis::RedisError::from(std::io::Error::other(
                 "cannot connect",
             ))),
@@ -353,10 +354,11 @@ fn sync(client: redis::Client, auth: Arc<Auth>, wake: Receiver<()>) {
     }
 }
 
-fn reload(c: &mut redis::Connection, auth: &Auth) -> redis::RedisResult<()> {
+/// Reloads the keys when the revision moved (or on the first contact).
+fn reload(c: &mut redis::Connection, auth: &Auth, loaded: &mut bool) -> redis::RedisResult<()> {
     let rev: Option<u64> = redis::cmd("GET").arg(REV).query(c)?;
     let rev = rev.unwrap_or(0);
-    if rev == auth.table.load().rev && rev != 0 {
+    if *loaded && rev == auth.table.load().rev {
         return Ok(());
     }
     let all: Vec<(String, String)> = redis::cmd("HGETALL").arg(HASH).query(c)?;
@@ -370,5 +372,6 @@ fn reload(c: &mut redis::Connection, auth: &Auth) -> redis::RedisResult<()> {
         }
     }
     auth.rebuild(&keys, rev);
+    *loaded = true;
     Ok(())
 }

@@ -45,6 +45,8 @@ pub struct KeyConfig {
 pub struct TenantConfig {
     /// Tenant id.
     pub id: String,
+    /// Allowed model patterns; `None` = all.
+    pub models: Option<Vec<String>>,
     /// Limits of the tenant.
     pub limits: LimitSpec,
     /// Per-model limits, by route name.
@@ -203,8 +205,17 @@ pub fn compile(
         if !seen_tenants.insert(t.id.clone()) {
             p.push((format!("{key}.id"), format!("duplicate tenant `{}`", t.id)));
         }
+        if let Some(models) = &t.models
+            && models.iter().any(|m| m.trim().is_empty())
+        {
+            p.push((
+                format!("{key}.models"),
+                "must not contain empty names".into(),
+            ));
+        }
         out_tenants.push(TenantConfig {
             id: t.id.clone(),
+            models: t.models.clone(),
             limits: limits_at(&mut p, &format!("{key}.limits"), t.limits.as_ref()),
             model_limits: model_limits_at(&mut p, &key, &t.model_limits, routes),
         });

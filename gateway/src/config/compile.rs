@@ -304,7 +304,6 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
             format!("unknown policy `{other}`; use fail_open or fail_closed"),
         ),
     }
-    let ledger = ledger_config(&mut errs, &raw.store, base_dir);
     let (auth, problems) = super::auth::compile(
         &raw.auth,
         &raw.keys,
@@ -316,6 +315,7 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
     for (key, reason) in problems {
         errs.push(key, reason);
     }
+    let ledger = ledger_config(&mut errs, &raw.store, base_dir);
     if errs.0.is_empty() {
         Ok(Config {
             ledger,

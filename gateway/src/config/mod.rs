@@ -94,10 +94,10 @@ pub struct Config {
     pub mock: Option<MockConfig>,
     /// `[store]`.
     pub store: StoreConfig,
-    /// The billing ledger's part of `[store]`.
-    pub ledger: LedgerConfig,
     /// `[auth]`, `[[keys]]`, `[[tenants]]`.
     pub auth: auth::AuthConfig,
+    /// The billing ledger's part of `[store]`.
+    pub ledger: LedgerConfig,
 }
 
 /// `[store]`, compiled.

@@ -80,6 +80,9 @@ pub struct RawKey {
 pub struct RawTenant {
     /// Tenant id keys refer to.
     pub id: String,
+    /// Models every key of the tenant may use (names, aliases or globs);
+    /// absent = all. A key's own `models` narrows it further.
+    pub models: Option<Vec<String>>,
     /// Limits shared by all keys of the tenant.
     pub limits: Option<RawLimits>,
     /// Limits of the tenant on one model.

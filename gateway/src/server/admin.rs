@@ -95,9 +95,8 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
             let body = &buf[head.len..head.len + body_len];
             let (status, json) = super::admin_keys::authorized(shared, &buf, &head)
                 .and_then(|()| {
-                    super::admin_usage::handle(shared, method, &p, head.query(&buf))
-                        .or_else(|| super::admin_keys::handle(shared, method, &p, body))
-                        .ok_or_else(|| {
+                    let q = String::from_utf8_lossy(head.query(&buf));
+                    super::admin_keys::handle(shared, method, &p, &q, body).ok_or_else(|| {
                         (
                             404,
                             "{\"error\":{\"message\":\"unknown admin call\",\"type\":\"admin_error\",\"code\":\"not_found\"}}".to_string(),
@@ -133,8 +132,8 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                 let mut text = String::with_capacity(4096);
                 shared.token_metrics.render(&mut text);
                 super::admin_breakers::render(shared, &mut text);
-                shared.ledger.render(&mut text);
                 shared.auth.metrics.render(&mut text);
+                shared.ledger.render(&mut text);
                 full(
                     &mut out,
                     200,
@@ -194,7 +193,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                     .unwrap_or_else(|| {
                         Err(Error::new(
                             Kind::NotFound,
-                            "admin serves GET /healthz, /status, /metrics, /breakers and POST /breakers/{model}/{upstream}/{open|close}",
+                            "admin serves GET /healthz, /status, /metrics, /breakers, POST /breakers/{model}/{upstream}/{open|close} and, with the admin token, /admin/keys, /admin/limits, /admin/usage",
                         ))
                     });
                 match action {

@@ -9,6 +9,7 @@
 //! POST   /admin/keys/{id}/rotate      new secret; the old one stops working at once
 //! DELETE /admin/keys/{id}             revoke (also POST /admin/keys/{id}/revoke)
 //! GET    /admin/limits                every limited scope: used, limit, reset
+//! GET    /admin/usage?tenant=&day=    billed totals per tenant and model (`admin_usage.rs`)
 //! ```
 
 use serde_json::{Value, json};
@@ -53,8 +54,15 @@ pub fn authorized(shared: &Shared, buf: &[u8], head: &RequestHead) -> Result<(),
     }
 }
 
-/// Handles `/admin/keys*` and `/admin/limits`; `None` for other paths.
-pub fn handle(shared: &Shared, method: &[u8], path: &str, body: &[u8]) -> Option<Answer> {
+/// Handles `/admin/keys*`, `/admin/limits` and `/admin/usage`; `None` for
+/// other paths.
+pub fn handle(
+    shared: &Shared,
+    method: &[u8],
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Option<Answer> {
     let auth = &shared.auth;
     let store = &shared.key_store;
     let rest = path.strip_prefix("/admin/")?;
@@ -84,6 +92,7 @@ pub fn handle(shared: &Shared, method: &[u8], path: &str, body: &[u8]) -> Option
             }
         }
         (b"GET", ["limits"]) => (200, limits_json(shared)),
+        (b"GET", ["usage"]) => super::admin_usage::answer(shared, query),
         _ => return None,
     })
 }

@@ -92,9 +92,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let (auth, key_store) = start_auth(&cfg)?;
     let shared = Arc::new(Shared {
-        ledger,
         auth,
         key_store,
+        ledger,
         breaker_sync,
         token_metrics,
         sinks,
