@@ -468,3 +468,36 @@ fn a_full_queue_spills_to_disk_and_still_bills_exactly() {
     );
     assert_eq!(get_metric("lost_total"), 0);
 }
+
+#[test]
+fn two_nodes_sharing_one_redis_add_up_exactly() {
+    let r = redis();
+    let m = mock(&[]);
+    let node = || {
+        let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
+        gateway(&config(&m, r.addr, free_port(), &spool), &[])
+    };
+    let (a, b) = (node(), node());
+    let (aa, ba) = (a.addr, b.addr);
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    let on_a = std::thread::spawn(move || load(aa, 8, 100, "node-a", &d));
+    let mut want = load(ba, 8, 100, "node-b", &done);
+    want.add(on_a.join().unwrap());
+    assert_eq!(want.requests, 1600);
+    wait_exact(
+        &format!("redis://{}", r.addr),
+        want,
+        Duration::from_secs(15),
+    );
+    // One high-water mark per node: their batch numbers never collide.
+    let mut c = redis::Client::open(format!("redis://{}", r.addr))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg("tollgate:ledger:applied:*")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(marks.len(), 2, "{marks:?}");
+}

@@ -34,6 +34,14 @@
 //! Records are lost only when the store is unreachable *and* the spool
 //! cannot be written (disk full or failing); each such record is counted
 //! in `tollgate_ledger_lost_total` and logged.
+//!
+//! What a crash loses: the queue lives in memory, so a process killed
+//! without SIGTERM (SIGKILL, OOM, power) loses the records still queued or
+//! in the batch being formed (at most `ledger_queue` records plus one
+//! `flush_interval` of traffic). Spooled batches are fsync'd and survive;
+//! worker spill lines are written without fsync, so they survive a process
+//! crash but not a power loss before their replay (normally within one
+//! `flush_interval`).
 
 pub mod aggregate;
 pub mod memory;
