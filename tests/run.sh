@@ -13,7 +13,7 @@ step() { printf '\n== %s\n' "$*"; }
 # --- what the tests need ------------------------------------------------
 need=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
-command -v redis-server >/dev/null || need+=(redis-server)   # shared breaker tests
+command -v redis-server >/dev/null || need+=(redis-server)   # shared breaker and billing ledger tests
 command -v c++ >/dev/null || need+=(g++)                     # libFuzzer for the fuzz run
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"

@@ -145,6 +145,21 @@ pub fn mock_on(addr: SocketAddr, flags: &[&str]) -> Proc {
     p
 }
 
+/// The admin token every test gateway gets in `$TG_ADMIN_TOKEN`; configs
+/// that use the admin API add [`ADMIN_AUTH`].
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// `[auth]` section enabling `/admin/*` with [`ADMIN_TOKEN`].
+pub const ADMIN_AUTH: &str = "[auth]\nadmin_token_env = \"TG_ADMIN_TOKEN\"\n";
+
+/// `GET` on the admin API with the admin token.
+pub fn admin_get(admin: SocketAddr, path: &str) -> Resp {
+    request(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
 /// Starts `tollgate serve` with `config` where `{listen}` is replaced by
 /// the chosen address.
 pub fn gateway(config: &str, envs: &[(&str, &str)]) -> Proc {
@@ -154,7 +169,9 @@ pub fn gateway(config: &str, envs: &[(&str, &str)]) -> Proc {
     let path = dir.join("tollgate.toml");
     std::fs::write(&path, text).unwrap();
     let p = path.to_string_lossy().into_owned();
-    let mut g = spawn(&["serve", "--config", &p], envs, addr);
+    let mut all = vec![("TG_ADMIN_TOKEN", ADMIN_TOKEN)];
+    all.extend_from_slice(envs);
+    let mut g = spawn(&["serve", "--config", &p], &all, addr);
     wait_ready(&mut g, "/healthz");
     g
 }
@@ -401,7 +418,11 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Starts a private `redis-server` on a free port (no persistence).
 pub fn redis() -> Proc {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    redis_on(format!("127.0.0.1:{}", free_port()).parse().unwrap())
+}
+
+/// Starts a private `redis-server` on `addr` (e.g. to bring one back).
+pub fn redis_on(addr: SocketAddr) -> Proc {
     let dir = tmpdir();
     let log = dir.join("redis.log");
     let f = std::fs::File::create(&log).unwrap();

@@ -26,7 +26,9 @@ pub type ClientOut = OwnedWriteHalf<TcpStream>;
 pub async fn serve(w: &Worker, stream: TcpStream) {
     let (rd, mut wr) = stream.into_split();
     let mut cin = ClientIn::new(rd);
-    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    // Only local answers and errors use it: allocated on first use, so an
+    // idle keep-alive connection holds just its read buffer.
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let head = match read_head(w, &mut cin).await {
             Ok(Some(h)) => h,
