@@ -352,6 +352,14 @@ fn the_srtt_histogram_has_samples_and_the_cgroup_is_removed_at_exit() {
         "{}",
         g.stderr()
     );
+    // ... and so does the usage record.
+    assert!(
+        g.stderr().lines().any(|l| {
+            l.contains("tollgate::usage") && l.contains("srtt_us=") && l.contains("retrans=0")
+        }),
+        "{}",
+        g.stderr()
+    );
     g.terminate();
     let st = g
         .wait_exit(Duration::from_secs(10))

@@ -94,6 +94,7 @@ fn usage(i: usize, tenants: &[Arc<str>], models: &[Arc<str>]) -> UsageRecord {
         total: Duration::from_millis(40),
         stream: i.is_multiple_of(2),
         cost_micros: 1234,
+        upstream_tcp: None,
     }
 }
 

@@ -392,6 +392,11 @@ pub async fn handle(
         ttfb: log.ttfb,
         total: started.elapsed(),
         stream,
+        upstream_tcp: w
+            .shared
+            .health
+            .tcp(log.tcp_port)
+            .map(|(srtt, r)| (srtt, r.saturating_sub(log.tcp_retrans0))),
     };
     w.shared.sinks.record(&rec);
     result

@@ -67,6 +67,9 @@ pub struct UsageRecord {
     pub stream: bool,
     /// Price of the usage in micro-dollars (0 when the model has no price).
     pub cost_micros: u64,
+    /// Upstream connection as the kernel saw it (eBPF `sock_ops`): srtt in
+    /// microseconds and segments retransmitted while the request ran.
+    pub upstream_tcp: Option<(u32, u32)>,
 }
 
 /// Consumer of usage records. Implementations must not block.
@@ -97,6 +100,8 @@ impl UsageSink for LogSink {
             total_ms = r.total.as_secs_f64() * 1000.0,
             stream = r.stream,
             cost_micros = r.cost_micros,
+            srtt_us = r.upstream_tcp.map(|t| t.0),
+            retrans = r.upstream_tcp.map(|t| t.1),
         );
     }
 }
