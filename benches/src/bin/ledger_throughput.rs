@@ -180,12 +180,14 @@ fn run() -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("tollgate-ledger-bench-{}", std::process::id()));
     let opts = Options {
         backend: Backend::Redis(url.clone()),
-        spool_dir: dir.clone(),
-        batch_max: batch,
-        flush_interval: Duration::from_millis(100),
-        queue: 1 << 20,
-        timeout: Duration::from_secs(10),
-        stream_max: 1_000_000,
+        settings: tollgate::config::LedgerConfig {
+            spool_dir: dir.clone(),
+            batch_max: batch,
+            flush_interval: Duration::from_millis(100),
+            queue: 1 << 20,
+            timeout: Duration::from_secs(10),
+            stream_max: 1_000_000,
+        },
     };
     let (ledger, thread) = start(opts).map_err(|e| e.to_string())?;
     let per = records / threads;
@@ -229,12 +231,14 @@ fn run() -> Result<(), String> {
     // 3. record() on the worker side (memory store; the queue never fills).
     let opts = Options {
         backend: Backend::Memory,
-        spool_dir: dir.clone(),
-        batch_max: batch,
-        flush_interval: Duration::from_millis(10),
-        queue: 1 << 20,
-        timeout: Duration::from_secs(1),
-        stream_max: 1,
+        settings: tollgate::config::LedgerConfig {
+            spool_dir: dir.clone(),
+            batch_max: batch,
+            flush_interval: Duration::from_millis(10),
+            queue: 1 << 20,
+            timeout: Duration::from_secs(1),
+            stream_max: 1,
+        },
     };
     let (ledger, thread) = start(opts).map_err(|e| e.to_string())?;
     let n = 200_000.min(records);

@@ -54,7 +54,6 @@ mod testredis;
 mod writer;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
@@ -104,18 +103,8 @@ pub enum Backend {
 pub struct Options {
     /// Store.
     pub backend: Backend,
-    /// Spool directory.
-    pub spool_dir: PathBuf,
-    /// Records per batch at most.
-    pub batch_max: usize,
-    /// Longest time a record waits for its batch to fill.
-    pub flush_interval: Duration,
-    /// Queue capacity, records.
-    pub queue: usize,
-    /// Timeout of each store call.
-    pub timeout: Duration,
-    /// Approximate cap of the audit stream.
-    pub stream_max: u64,
+    /// Spool, batching, queue and timeout settings (`[store]`).
+    pub settings: crate::config::LedgerConfig,
 }
 
 /// Counters exported at `/metrics`.
@@ -174,20 +163,24 @@ fn instance_id() -> String {
 pub fn start(opts: Options) -> Result<(Arc<Ledger>, LedgerThread), StoreError> {
     static LEDGERS: AtomicU64 = AtomicU64::new(0);
     let instance: Arc<str> = Arc::from(instance_id());
-    let (tx, rx) = sync_channel(opts.queue.max(1));
+    let (tx, rx) = sync_channel(opts.settings.queue.max(1));
     let metrics = Arc::new(Metrics::default());
     let totals = Arc::new(MemoryTotals::default());
     let store: Box<dyn Store> = match &opts.backend {
         Backend::Memory => Box::new(memory::MemoryStore::new(totals.clone())),
-        Backend::Redis(url) => {
-            Box::new(redis::RedisStore::new(url, opts.timeout, opts.stream_max)?)
-        }
+        Backend::Redis(url) => Box::new(redis::RedisStore::new(
+            url,
+            opts.settings.timeout,
+            opts.settings.stream_max,
+        )?),
     };
     // A spool replays and deletes files of processes that are gone: two
     // live processes must never share one.
     let lock = match &opts.backend {
         Backend::Memory => None,
-        Backend::Redis(_) => Some(spool::lock(&opts.spool_dir).map_err(StoreError::Spool)?),
+        Backend::Redis(_) => {
+            Some(spool::lock(&opts.settings.spool_dir).map_err(StoreError::Spool)?)
+        }
     };
     let closing = Arc::new(AtomicBool::new(false));
     let w = writer::Writer::new(&opts, store, instance.clone(), metrics.clone(), lock);
@@ -200,13 +193,13 @@ pub fn start(opts: Options) -> Result<(Arc<Ledger>, LedgerThread), StoreError> {
         tx,
         metrics,
         spill: SpillCtx {
-            dir: opts.spool_dir.clone(),
+            dir: opts.settings.spool_dir.clone(),
             instance,
             ledger_id: LEDGERS.fetch_add(1, Ordering::Relaxed),
             next_file: AtomicU64::new(0),
         },
         backend: opts.backend.clone(),
-        timeout: opts.timeout,
+        timeout: opts.settings.timeout,
         totals,
     };
     Ok((Arc::new(ledger), LedgerThread { handle, closing }))

@@ -12,12 +12,14 @@ use super::*;
 fn opts(backend: Backend, dir: &Path, queue: usize) -> Options {
     Options {
         backend,
-        spool_dir: dir.to_path_buf(),
-        batch_max: 64,
-        flush_interval: Duration::from_millis(20),
-        queue,
-        timeout: Duration::from_millis(500),
-        stream_max: 1_000_000,
+        settings: crate::config::LedgerConfig {
+            spool_dir: dir.to_path_buf(),
+            batch_max: 64,
+            flush_interval: Duration::from_millis(20),
+            queue,
+            timeout: Duration::from_millis(500),
+            stream_max: 1_000_000,
+        },
     }
 }
 
@@ -215,7 +217,7 @@ fn a_batch_applied_after_its_timeout_is_not_counted_again_on_replay() {
     let r = super::testredis::redis();
     let url = r.url();
     let mut o = opts(Backend::Redis(url.clone()), &dir, 1024);
-    o.timeout = Duration::from_millis(200);
+    o.settings.timeout = Duration::from_millis(200);
     let (l, t) = start(o).unwrap();
     let mut want = load(&l, "warm", 1, 10);
     assert!(eventually(Duration::from_secs(10), || l.stats().written == 10));

@@ -62,15 +62,15 @@ impl Writer {
         Writer {
             store,
             stream: Arc::from(Spool::main_stream(&instance)),
-            spool: Spool::new(opts.spool_dir.clone(), instance),
+            spool: Spool::new(opts.settings.spool_dir.clone(), instance),
             next_seq: 0,
             metrics,
             durable: matches!(opts.backend, super::Backend::Redis(_)),
             up: true,
             retry_at: Instant::now(),
             seen_overflow: 0,
-            batch_max: opts.batch_max.max(1),
-            flush_interval: opts.flush_interval,
+            batch_max: opts.settings.batch_max.max(1),
+            flush_interval: opts.settings.flush_interval,
             _lock: lock,
             closing: Arc::default(),
         }

@@ -209,12 +209,7 @@ fn start_ledger(
     };
     crate::ledger::start(crate::ledger::Options {
         backend,
-        spool_dir: l.spool_dir.clone(),
-        batch_max: l.batch_max,
-        flush_interval: l.flush_interval,
-        queue: l.queue,
-        timeout: l.timeout,
-        stream_max: l.stream_max,
+        settings: l.clone(),
     })
     .context("starting the billing ledger")
 }
