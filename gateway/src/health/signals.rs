@@ -136,9 +136,11 @@ pub fn start(
         let _ = handle.join();
         return Ok(None);
     }
+    // Idle-connection eviction keys by cookie: RSTs come from
+    // tcp_receive_reset, upstream FINs from sock_ops.
     if statuses
         .iter()
-        .any(|p| p.name == "tcp_receive_reset" && p.up())
+        .any(|p| (p.name == "tcp_receive_reset" || p.name == "sock_ops") && p.up())
     {
         cookies::enable();
     }
