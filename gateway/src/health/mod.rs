@@ -9,7 +9,11 @@
 //!   for the breaker of every target on that upstream, at once (no
 //!   request needs to hit each target first). The request that saw the
 //!   same error also records it for its own target: the two are not
-//!   matched up, so that target counts it twice.
+//!   matched up, so that target counts it twice. The kernel's view is
+//!   per host: another process's refused connect to the same address
+//!   counts too. An RST answering a write to a socket the upstream had
+//!   already closed is EPIPE in the kernel, not a reset: not counted (the
+//!   relay's stale-connection retry covers it).
 //! - an RST on an idle pooled connection, or a FIN from the upstream on
 //!   one: the connection is evicted before a request is written to it
 //!   (`cookies`); not a failure.
