@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
 /*
  * tollgate's kernel side: health signals and TCP telemetry for the
  * gateway's upstream connections.
@@ -33,6 +33,7 @@
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE_WAIT 8
 
+/* The kernel needs a GPL-compatible license string for the helpers used. */
 char LICENSE[] SEC("license") = "GPL";
 
 struct {
