@@ -235,8 +235,8 @@ def render(template, workdir, name, **subs):
 class Env:
     def __init__(self, args, workdir):
         self.args, self.workdir = args, workdir
-        self.tollgate = os.path.join(ROOT, "target", "release", "tollgate")
-        self.loadgen = os.path.join(ROOT, "target", "release", "loadgen")
+        self.tollgate = os.path.join(args.bin_dir, "tollgate")
+        self.loadgen = os.path.join(args.bin_dir, "loadgen")
         self.venv = os.path.join(ROOT, "target", "bench-venv", "bin")
         self.workers = args.workers
 
@@ -295,7 +295,7 @@ class Tollgate(System):
                         "idle": "tollgate-forward.toml"}
 
     def available(self, env):
-        return None if os.access(env.tollgate, os.X_OK) else "target/release/tollgate not built"
+        return None if os.access(env.tollgate, os.X_OK) else f"{env.tollgate} not built"
 
     def start(self, env, kind, upstreams):
         addr = f"127.0.0.1:{free_port()}"
@@ -374,7 +374,9 @@ class LiteLLM(System):
         e = dict(os.environ)
         # Offline: the bundled model cost map, no telemetry, no DB.
         e.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False",
-                 LITELLM_LOG="ERROR", DISABLE_SCHEMA_UPDATE="True")
+                 LITELLM_LOG="ERROR", DISABLE_SCHEMA_UPDATE="True",
+                 # No auth anywhere in this comparison (tollgate and nginx run without keys).
+                 LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY="true")
         e.pop("DATABASE_URL", None)
         p = Proc(self.name, [os.path.join(env.venv, "litellm"), "--config", cfg, "--host",
                              "127.0.0.1", "--port", str(port), "--num_workers",
@@ -451,6 +453,9 @@ def scenario_cells(args):
         "sse": [("3-sse50", "sse", chat_body("gpt-4o-mini", True, 47, 300), 50),
                 ("3-sse1000", "sse", chat_body("gpt-4o-mini", True, 997, 300), 1000)],
     }
+    if args.smoke:
+        # Debug builds on a busy CI machine: the long stream adds nothing there.
+        s["sse"] = s["sse"][:1]
     return s
 
 
@@ -839,17 +844,20 @@ def main():
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--idle-reps", type=int, default=1)
     ap.add_argument("--trickle", type=float, default=200.0)
+    ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"),
+                    help="where tollgate and loadgen are (the smoke uses target/debug)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "results"))
     ap.add_argument("--tag", default="", help="suffix of the result file names")
     ap.add_argument("--smoke", action="store_true",
                     help="CI: short low-load runs; exit 1 on any error or insane number")
     args = ap.parse_args()
 
-    # Scenario 5 holds 10k connections on each side of the loopback.
+    # Scenario 5 holds 10k connections in loadgen and in the SUT (each
+    # process has its own limit, inherited from here).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard < 2 * args.idle + 1000:
-        args.idle = max(100, (hard - 1000) // 2)
+    if hard < args.idle + 1000:
+        args.idle = max(100, hard - 1000)
         log(f"RLIMIT_NOFILE hard limit {hard}: idle connections lowered to {args.idle}")
 
     scenarios = ["forward", "routing", "sse", "failover", "idle"] if args.scenario == "all" \
@@ -903,7 +911,7 @@ def smoke_check(report):
                 ran += 1
                 if r["errors"]:
                     bad.append(f"{cell['scenario']} {name}: {r['errors']} errors {r['error_kinds']}")
-                if r["ok"] < 50 or not r["latency_us"] or r["latency_us"]["p50"] <= 0:
+                if r["ok"] < 10 or not r["latency_us"] or r["latency_us"]["p50"] <= 0:
                     bad.append(f"{cell['scenario']} {name}: only {r['ok']} answers")
                 if cell.get("expect_events") and r["events"] != r["ok"] * cell["expect_events"]:
                     bad.append(f"{cell['scenario']} {name}: {r['events']} events for {r['ok']} answers")

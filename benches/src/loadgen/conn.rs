@@ -213,8 +213,8 @@ pub async fn active(ctx: Rc<Ctx>, stats: Rc<RefCell<Stats>>, offset: Duration) {
 }
 
 /// An idle keep-alive connection: opened `at` after the start, one
-/// request, then silent until the end of the run, then one more request
-/// to prove the server kept it.
+/// request, then silent until `at` after the end of the run, then one
+/// more request to prove the server kept it.
 pub async fn idle(ctx: Rc<Ctx>, stats: Rc<RefCell<Stats>>, at: Duration) {
     let start = ctx.load_from - ctx.opts.idle_ramp - Duration::from_secs(1) + at;
     let now = Instant::now();
@@ -231,9 +231,12 @@ pub async fn idle(ctx: Rc<Ctx>, stats: Rc<RefCell<Stats>>, at: Duration) {
         Ok((o, _)) if good(&ctx, &o).is_ok() && o.keep_alive => stats.borrow_mut().idle.0 += 1,
         _ => return,
     }
+    // The closing requests are spread like the opening ones, so the check
+    // is not a 10k-request burst.
+    let wake = ctx.end + at;
     let now = Instant::now();
-    if ctx.end > now {
-        monoio::time::sleep(ctx.end - now).await;
+    if wake > now {
+        monoio::time::sleep(wake - now).await;
     }
     let (res, _) = timed(&ctx, &mut s, buf).await;
     if let Ok((o, _)) = res
