@@ -448,8 +448,8 @@ def measured(env, proc, addr, **kw):
 def scenario_cells(args):
     """(scenario id, kind, body, expected events, concurrency)."""
     s = {
-        "forward": [("1-forward", "forward", chat_body("gpt-4o-mini", False, 40), None)],
-        "routing": [("2-routing", "routing", chat_body("claude-3", False, 40), None)],
+        "forward": [("1-forward", "forward", chat_body("gpt-4o-mini", False, 65), None)],
+        "routing": [("2-routing", "routing", chat_body("claude-3", False, 65), None)],
         "sse": [("3-sse50", "sse", chat_body("gpt-4o-mini", True, 47, 300), 50),
                 ("3-sse1000", "sse", chat_body("gpt-4o-mini", True, 997, 300), 1000)],
     }
