@@ -568,6 +568,8 @@ def run_failover(env, systems, report):
     cell = {"scenario": "4-failover", "kind": "failover", "reps": args.reps, "systems": {}}
     for mode in ("refused", "5xx"):
         for sys_ in systems:
+            if sys_.name == "direct":
+                continue
             key = f"{sys_.name}/{mode}"
             entry = cell["systems"].setdefault(key, {"label": f"{sys_.label}, {mode}", "runs": []})
             if "failover" not in sys_.configs:
@@ -637,6 +639,8 @@ def run_idle(env, systems, report):
             "trickle_rps": args.trickle, "systems": {}}
     try:
         for sys_ in systems:
+            if sys_.name == "direct":
+                continue
             entry = cell["systems"].setdefault(sys_.name, {"label": sys_.label, "runs": []})
             if "idle" not in sys_.configs:
                 entry["skipped"] = "n/a" if sys_.name != "litellm" else \
