@@ -183,3 +183,6 @@ pub fn render_request(path: &str, host: &str, headers: &[String], body: &[u8]) -
     out.extend_from_slice(body);
     out
 }
+
+#[cfg(test)]
+mod tests;
