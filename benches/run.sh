@@ -25,7 +25,9 @@ cargo build --release --locked -q -p tollgate --bin tollgate -p tollgate-benches
 python3 benches/load/bench.py "$@"
 py=target/bench-venv/bin/python
 if [ -x "$py" ] && "$py" -c 'import matplotlib' 2>/dev/null; then
-  "$py" benches/load/plot.py benches/results
+  tag=""
+  for a in "$@"; do case $a in --tag=*) tag=${a#--tag=};; esac; done
+  "$py" benches/load/plot.py benches/results "$tag"
 else
   echo "plots skipped: no matplotlib (run benches/setup.sh)" >&2
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plots of the newest load-harness results (matplotlib, from the bench venv).
 
-    target/bench-venv/bin/python benches/load/plot.py benches/results
+    target/bench-venv/bin/python benches/load/plot.py benches/results [tag]
 
 Writes, next to the JSON it reads (small PNGs, meant to be committed):
 - <date>-throughput.png: requests/s against concurrency (scenario 1 sweep);
@@ -24,8 +24,11 @@ COLORS = {"direct": "#888888", "tollgate": "#d62728", "tollgate-legacy": "#ff989
           "nginx": "#1f77b4", "nginx-lua": "#17becf", "envoy": "#2ca02c", "litellm": "#9467bd"}
 
 
+TAG = ""
+
+
 def newest(outdir, scenario):
-    files = sorted(glob.glob(os.path.join(outdir, f"*-{scenario}.json")))
+    files = sorted(glob.glob(os.path.join(outdir, f"*-{scenario}{TAG}.json")))
     return files[-1] if files else None
 
 
@@ -57,7 +60,7 @@ def throughput(outdir):
     fig.text(0.01, 0.01, f"{doc['meta']['date']} · {doc['meta']['commit']} · load {' '.join(doc['meta']['loadavg_before'])}",
              fontsize=6, color="#666666")
     fig.tight_layout()
-    out = os.path.join(outdir, f"{doc['meta']['date'][:10]}-throughput.png")
+    out = os.path.join(outdir, f"{doc['meta']['date'][:10]}-throughput{TAG}.png")
     fig.savefig(out)
     print(out)
 
@@ -97,13 +100,15 @@ def cdf(outdir, scenario):
     fig.text(0.01, 0.01, f"{doc['meta']['date']} · {doc['meta']['commit']} · load {' '.join(doc['meta']['loadavg_before'])}",
              fontsize=6, color="#666666")
     fig.tight_layout()
-    out = os.path.join(outdir, f"{doc['meta']['date'][:10]}-cdf-{scenario}.png")
+    out = os.path.join(outdir, f"{doc['meta']['date'][:10]}-cdf-{scenario}{TAG}.png")
     fig.savefig(out)
     print(out)
 
 
 def main():
+    global TAG
     outdir = sys.argv[1] if len(sys.argv) > 1 else "benches/results"
+    TAG = sys.argv[2] if len(sys.argv) > 2 else ""
     throughput(outdir)
     for s in ("1-forward", "2-routing", "3-sse50", "3-sse1000"):
         cdf(outdir, s)
