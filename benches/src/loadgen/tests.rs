@@ -108,8 +108,10 @@ fn open_loop_holds_the_rate() {
     o.rate = Some(2000.0);
     o.duration = Duration::from_millis(500);
     let (s, _) = run(o).unwrap();
-    // 2,000/s for 0.5 s: 1,000 scheduled requests, give or take the edges.
-    assert!((900..=1100).contains(&s.ok), "{} answers", s.ok);
+    // 2,000/s for 0.5 s: 1,000 scheduled requests. Never more (open loop
+    // does not catch up beyond its schedule); fewer only if a busy machine
+    // pushes the last answers past the end of the window.
+    assert!((600..=1010).contains(&s.ok), "{} answers", s.ok);
     assert_eq!(s.errors.total(), 0);
 }
 
