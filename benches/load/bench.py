@@ -904,9 +904,11 @@ def main():
         with open(os.path.join(args.out, f"{day}{args.tag}.md"), "w") as f:
             f.write(md + "\n")
         log(f"results in {args.out}")
-    else:
-        sys.exit(smoke_check(report))
-    shutil.rmtree(workdir, ignore_errors=True)
+    code = smoke_check(report) if args.smoke else 0
+    if code == 0:
+        # Logs of the processes stay only when something failed.
+        shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(code)
 
 
 def smoke_check(report):
