@@ -13,7 +13,7 @@ step() { printf '\n== %s\n' "$*"; }
 # --- what the tests need ------------------------------------------------
 need=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
-command -v redis-server >/dev/null || need+=(redis-server)   # shared breaker tests
+command -v redis-server >/dev/null || need+=(redis-server)   # shared breaker and billing ledger tests
 command -v c++ >/dev/null || need+=(g++)                     # libFuzzer for the fuzz run
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"
@@ -21,6 +21,20 @@ if [ ${#need[@]} -gt 0 ]; then
   # The tests start their own redis-server on free ports.
   if command -v systemctl >/dev/null; then systemctl stop redis-server 2>/dev/null || true; fi
 fi
+# eBPF programs (loader/build.rs): clang for -target bpf, libbpf's helper
+# headers, the kernel UAPI headers. Without them the gateway builds with
+# eBPF disabled and the eBPF tests fail, as they should in CI.
+bpf=()
+command -v clang-19 >/dev/null || command -v clang-16 >/dev/null || bpf+=(clang-19)
+[ -f /usr/include/bpf/bpf_helpers.h ] || bpf+=(libbpf-dev)
+[ -f /usr/include/linux/bpf.h ] || bpf+=(linux-libc-dev)
+if [ ${#bpf[@]} -gt 0 ]; then
+  step "installing ${bpf[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends -o DPkg::Lock::Timeout=600 "${bpf[@]}"
+fi
+# Classic tracepoints need tracefs (the gateway also tries to mount it).
+mountpoint -q /sys/kernel/tracing 2>/dev/null || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 venv="$root/target/pyenv"
 req="$root/tests/python/requirements.txt"
 stamp="$venv/.requirements.sha"

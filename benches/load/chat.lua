@@ -4,6 +4,8 @@ local stream = os.getenv("WRK_STREAM") == "1"
 local tokens = os.getenv("WRK_TOKENS") or "16"
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+local key = os.getenv("WRK_KEY")
+if key then wrk.headers["Authorization"] = "Bearer " .. key end
 wrk.body = '{"model":"gpt-4o-mini","max_tokens":' .. tokens .. ',"stream":' .. (stream and "true" or "false") ..
   ',"messages":[{"role":"system","content":"You are a helpful assistant."},' ..
   '{"role":"user","content":"Write one sentence about load balancers."}]}'

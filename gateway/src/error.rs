@@ -54,6 +54,16 @@ pub enum Kind {
     NoHealthyTarget,
     /// The gateway is shutting down.
     ShuttingDown,
+    /// No API key, or an unknown or revoked one.
+    Unauthorized,
+    /// The key may not use this model.
+    ModelNotAllowed,
+    /// A per-minute limit (requests, tokens, concurrent streams) is reached.
+    RateLimited,
+    /// A token or money budget is used up.
+    QuotaExceeded,
+    /// The limits store is unreachable and the policy is fail_closed.
+    StoreUnavailable,
     /// A bug or resource exhaustion in the gateway.
     Internal,
 }
@@ -76,6 +86,8 @@ pub struct Error {
     pub kind: Kind,
     /// Message shown to the client.
     pub message: Cow<'static, str>,
+    /// Extra response headers (`retry-after`, `x-ratelimit-*`).
+    pub headers: Vec<(&'static [u8], Vec<u8>)>,
 }
 
 impl Error {
@@ -84,6 +96,7 @@ impl Error {
         Error {
             kind,
             message: Cow::Borrowed(message),
+            headers: Vec::new(),
         }
     }
 
@@ -92,7 +105,14 @@ impl Error {
         Error {
             kind,
             message: Cow::Owned(message),
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: &'static [u8], value: Vec<u8>) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     /// HTTP status for the client.
@@ -105,6 +125,9 @@ impl Error {
             | Kind::MissingModel
             | Kind::ModelNotString
             | Kind::DuplicateModel => 400,
+            Kind::Unauthorized => 401,
+            Kind::ModelNotAllowed => 403,
+            Kind::RateLimited | Kind::QuotaExceeded => 429,
             Kind::UnknownModel | Kind::NotFound => 404,
             Kind::MethodNotAllowed => 405,
             Kind::RequestTimeout => 408,
@@ -117,13 +140,19 @@ impl Error {
             | Kind::UpstreamTls
             | Kind::UpstreamProtocol
             | Kind::UpstreamAuth => 502,
-            Kind::ShuttingDown | Kind::NoHealthyTarget => 503,
+            Kind::ShuttingDown | Kind::NoHealthyTarget | Kind::StoreUnavailable => 503,
             Kind::UpstreamTimeout => 504,
         }
     }
 
     /// OpenAI's `error.type`.
     pub fn error_type(&self) -> &'static str {
+        match self.kind {
+            Kind::RateLimited => return "requests",
+            Kind::QuotaExceeded => return "insufficient_quota",
+            Kind::ModelNotAllowed => return "permission_error",
+            _ => {}
+        }
         match self.side() {
             Side::Client => "invalid_request_error",
             Side::Upstream => "upstream_error",
@@ -154,6 +183,11 @@ impl Error {
             Kind::UpstreamTimeout => "upstream_timeout",
             Kind::UpstreamProtocol => "upstream_protocol_error",
             Kind::ShuttingDown => "shutting_down",
+            Kind::Unauthorized => "invalid_api_key",
+            Kind::ModelNotAllowed => "model_not_allowed",
+            Kind::RateLimited => "rate_limit_exceeded",
+            Kind::QuotaExceeded => "insufficient_quota",
+            Kind::StoreUnavailable => "store_unavailable",
             Kind::NoHealthyTarget => "no_healthy_target",
             Kind::UpstreamAuth => "upstream_auth_failed",
             Kind::Internal => "internal_error",
@@ -188,14 +222,18 @@ impl Error {
             | Kind::HeadersTooLarge
             | Kind::RequestTimeout
             | Kind::ExpectationFailed
-            | Kind::NotImplemented => Side::Client,
+            | Kind::NotImplemented
+            | Kind::Unauthorized
+            | Kind::ModelNotAllowed
+            | Kind::RateLimited
+            | Kind::QuotaExceeded => Side::Client,
             Kind::UpstreamConnect
             | Kind::UpstreamTls
             | Kind::UpstreamTimeout
             | Kind::UpstreamProtocol
             | Kind::UpstreamAuth
             | Kind::NoHealthyTarget => Side::Upstream,
-            Kind::ShuttingDown | Kind::Internal => Side::Gateway,
+            Kind::ShuttingDown | Kind::Internal | Kind::StoreUnavailable => Side::Gateway,
         }
     }
 
@@ -225,7 +263,12 @@ impl Error {
             | Kind::NoHealthyTarget
             | Kind::UpstreamAuth
             | Kind::ShuttingDown
-            | Kind::Internal => false,
+            | Kind::Internal
+            | Kind::Unauthorized
+            | Kind::ModelNotAllowed
+            | Kind::RateLimited
+            | Kind::QuotaExceeded
+            | Kind::StoreUnavailable => false,
         }
     }
 

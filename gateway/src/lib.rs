@@ -4,10 +4,14 @@
 //! body, OpenAI-compatible errors, and a built-in mock provider. See
 //! `ARCHITECTURE.md` at the repository root for the data path.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod failover;
+pub mod health;
 pub mod http;
+pub mod ledger;
+pub mod limits;
 pub mod mock;
 pub mod route;
 pub mod server;

@@ -71,10 +71,15 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A gateway killed this way cannot remove the cgroup it made for
+        // its eBPF sock_ops program (`tollgate-<pid>`); it is empty now.
+        if let Ok(m) = tollgate_loader::cgroup::cgroup2_mount() {
+            let _ = std::fs::remove_dir(m.join(format!("tollgate-{}", self.child.id())));
+        }
     }
 }
 
-fn tmpdir() -> PathBuf {
+pub fn tmpdir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "tollgate-e2e-{}-{}",
         std::process::id(),
@@ -104,7 +109,7 @@ fn spawn(args: &[&str], envs: &[(&str, &str)], addr: SocketAddr) -> Proc {
 }
 
 /// Polls `path` until it answers 200, failing with the process log.
-fn wait_ready(p: &mut Proc, path: &str) {
+pub fn wait_ready(p: &mut Proc, path: &str) {
     let t0 = Instant::now();
     loop {
         if let Ok(Some(status)) = p.child.try_wait() {
@@ -140,6 +145,21 @@ pub fn mock_on(addr: SocketAddr, flags: &[&str]) -> Proc {
     p
 }
 
+/// The admin token every test gateway gets in `$TG_ADMIN_TOKEN`; configs
+/// that use the admin API add [`ADMIN_AUTH`].
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// `[auth]` section enabling `/admin/*` with [`ADMIN_TOKEN`].
+pub const ADMIN_AUTH: &str = "[auth]\nadmin_token_env = \"TG_ADMIN_TOKEN\"\n";
+
+/// `GET` on the admin API with the admin token.
+pub fn admin_get(admin: SocketAddr, path: &str) -> Resp {
+    request(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
 /// Starts `tollgate serve` with `config` where `{listen}` is replaced by
 /// the chosen address.
 pub fn gateway(config: &str, envs: &[(&str, &str)]) -> Proc {
@@ -147,10 +167,22 @@ pub fn gateway(config: &str, envs: &[(&str, &str)]) -> Proc {
     let text = config.replace("{listen}", &addr.to_string());
     let dir = tmpdir();
     let path = dir.join("tollgate.toml");
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, &text).unwrap();
     let p = path.to_string_lossy().into_owned();
-    let mut g = spawn(&["serve", "--config", &p], envs, addr);
+    let mut all = vec![("TG_ADMIN_TOKEN", ADMIN_TOKEN)];
+    all.extend_from_slice(envs);
+    let mut g = spawn(&["serve", "--config", &p], &all, addr);
     wait_ready(&mut g, "/healthz");
+    // The admin listener starts after the workers answer: wait for it too.
+    let admin = text
+        .split_once("admin_listen = \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .and_then(|(a, _)| a.parse::<SocketAddr>().ok());
+    if let Some(admin) = admin {
+        let main = std::mem::replace(&mut g.addr, admin);
+        wait_ready(&mut g, "/healthz");
+        g.addr = main;
+    }
     g
 }
 
@@ -396,7 +428,11 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Starts a private `redis-server` on a free port (no persistence).
 pub fn redis() -> Proc {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    redis_on(format!("127.0.0.1:{}", free_port()).parse().unwrap())
+}
+
+/// Starts a private `redis-server` on `addr` (e.g. to bring one back).
+pub fn redis_on(addr: SocketAddr) -> Proc {
     let dir = tmpdir();
     let log = dir.join("redis.log");
     let f = std::fs::File::create(&log).unwrap();

@@ -3,8 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod auth;
+mod ebpf;
 mod failover;
 mod harness;
+mod ledger;
 mod tls;
 
 use std::time::{Duration, Instant};
@@ -937,7 +940,12 @@ fn shipped_example_configs_are_valid() {
         ("examples/quickstart.toml", vec![]),
         (
             "examples/production.toml",
-            vec![("OPENAI_API_KEY", "k"), ("VLLM_API_KEY", "k")],
+            vec![
+                ("OPENAI_API_KEY", "k"),
+                ("VLLM_API_KEY", "k"),
+                ("TOLLGATE_ADMIN_TOKEN", "an-admin-token-of-32-characters"),
+                ("ACME_PROD_KEY", "tg-acme-prod-example"),
+            ],
         ),
     ] {
         let out = std::process::Command::new(BIN)

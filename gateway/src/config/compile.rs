@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::raw::{RawBreaker, RawConfig, RawUpstream};
 use super::{
-    Config, ConfigError, DriverChoice, Limits, LogConfig, MockConfig, Provider, Secret,
-    ServerConfig, StoreConfig, UpstreamConfig, duration,
+    Config, ConfigError, DriverChoice, EbpfConfig, EbpfMode, LedgerConfig, Limits, LogConfig,
+    MockConfig, Provider, Secret, ServerConfig, StoreConfig, UpstreamConfig, duration,
 };
 use crate::failover::{Breaker, BreakerConfig, Cond};
 use crate::route::{Fallback, ModelSpec, RouteTable, Target};
@@ -232,6 +232,22 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
                 .as_ref()
                 .map(|_| errs.duration(&format!("{key}.deadline"), &m.deadline, Duration::ZERO)),
             tokenizer: m.tokenizer,
+            price: m.price.and_then(|p| {
+                let ok = p.input.is_finite()
+                    && p.output.is_finite()
+                    && p.input >= 0.0
+                    && p.output >= 0.0;
+                if !ok {
+                    errs.push(
+                        format!("models[{i}].price"),
+                        "input and output must be finite, non-negative dollars per million tokens",
+                    );
+                }
+                ok.then_some(crate::route::Price {
+                    input: p.input,
+                    output: p.output,
+                })
+            }),
         });
     }
     let routes = match RouteTable::build(specs) {
@@ -282,15 +298,31 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
         }
     };
     match raw.store.on_store_error.as_deref() {
-        None | Some("fail_open") => {}
+        None | Some("fail_open" | "fail_closed") => {}
         Some(other) => errs.push(
             "store.on_store_error",
-            format!("`{other}` is not supported; the gateway fails open (fail_open)"),
+            format!("unknown policy `{other}`; use fail_open or fail_closed"),
         ),
     }
+    let (auth, problems) = super::auth::compile(
+        &raw.auth,
+        &raw.keys,
+        &raw.tenants,
+        raw.store.on_store_error.as_deref(),
+        &routes,
+        &|var| std::env::var(var).ok(),
+    );
+    for (key, reason) in problems {
+        errs.push(key, reason);
+    }
+    let ledger = ledger_config(&mut errs, &raw.store, base_dir);
+    let ebpf = ebpf_config(&mut errs, &raw.ebpf);
     if errs.0.is_empty() {
         Ok(Config {
+            ebpf,
+            ledger,
             store,
+            auth,
             source: path.to_path_buf(),
             server,
             log,
@@ -300,6 +332,71 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
         })
     } else {
         Err(errs.0)
+    }
+}
+
+fn ebpf_config(errs: &mut Errors, raw: &super::raw::RawEbpf) -> EbpfConfig {
+    let mode = match raw.enabled.as_deref().unwrap_or("auto") {
+        "auto" => EbpfMode::Auto,
+        "on" => EbpfMode::On,
+        "off" => EbpfMode::Off,
+        other => {
+            errs.push(
+                "ebpf.enabled",
+                format!("unknown value `{other}`; use auto, on or off"),
+            );
+            EbpfMode::Auto
+        }
+    };
+    let cgroup = match raw.cgroup.as_deref().unwrap_or("auto") {
+        "auto" => tollgate_loader::Placement::Auto,
+        "off" => tollgate_loader::Placement::Off,
+        p if p.starts_with('/') => tollgate_loader::Placement::Path(p.into()),
+        other => {
+            errs.push(
+                "ebpf.cgroup",
+                format!("`{other}` is not auto, off or an absolute cgroup v2 directory"),
+            );
+            tollgate_loader::Placement::Auto
+        }
+    };
+    EbpfConfig { mode, cgroup }
+}
+
+fn ledger_config(errs: &mut Errors, st: &super::raw::RawStore, base_dir: &Path) -> LedgerConfig {
+    let spool_dir = base_dir.join(st.spool_dir.as_deref().unwrap_or("tollgate-spool"));
+    if st.spool_dir.as_deref().is_some_and(|d| d.trim().is_empty()) {
+        errs.push("store.spool_dir", "must not be empty");
+    }
+    if spool_dir.exists() && !spool_dir.is_dir() {
+        errs.push(
+            "store.spool_dir",
+            format!("`{}` exists and is not a directory", spool_dir.display()),
+        );
+    }
+    let batch_max = positive(errs, "store.batch_max", st.batch_max, 2048);
+    if batch_max > 65_536 {
+        errs.push("store.batch_max", "at most 65536 records per batch");
+    }
+    let stream_max = match st.ledger_stream_max {
+        Some(0) => {
+            errs.push("store.ledger_stream_max", "must be greater than zero");
+            1
+        }
+        Some(n) => n,
+        None => 1_000_000,
+    };
+    LedgerConfig {
+        spool_dir,
+        batch_max: batch_max.min(65_536),
+        flush_interval: errs.duration(
+            "store.flush_interval",
+            &st.flush_interval,
+            Duration::from_millis(100),
+        ),
+        queue: positive(errs, "store.ledger_queue", st.ledger_queue, 65_536),
+        timeout: errs.duration("store.timeout", &st.timeout, Duration::from_secs(1)),
+        stream_max,
     }
 }
 

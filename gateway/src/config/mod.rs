@@ -6,6 +6,7 @@
 //! A config that does not compile is never used: `serve` refuses to start
 //! and `check-config` exits non-zero, both printing every error.
 
+pub mod auth;
 mod compile;
 pub mod duration;
 pub mod raw;
@@ -93,6 +94,41 @@ pub struct Config {
     pub mock: Option<MockConfig>,
     /// `[store]`.
     pub store: StoreConfig,
+    /// `[auth]`, `[[keys]]`, `[[tenants]]`.
+    pub auth: auth::AuthConfig,
+    /// The billing ledger's part of `[store]`.
+    pub ledger: LedgerConfig,
+    /// `[ebpf]`.
+    pub ebpf: EbpfConfig,
+}
+
+/// `[ebpf]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EbpfConfig {
+    /// Whether to load the programs.
+    pub mode: EbpfMode,
+    /// Where `sock_ops` attaches.
+    pub cgroup: tollgate_loader::Placement,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        EbpfConfig {
+            mode: EbpfMode::Auto,
+            cgroup: tollgate_loader::Placement::Auto,
+        }
+    }
+}
+
+/// `[ebpf] enabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EbpfMode {
+    /// Load what the host allows; the rest is logged, one line each.
+    Auto,
+    /// Every program must load, or start-up fails with the reasons.
+    On,
+    /// Not loaded.
+    Off,
 }
 
 /// `[store]`, compiled.
@@ -249,4 +285,22 @@ pub struct MockConfig {
     pub listen: SocketAddr,
     /// Text seed.
     pub seed: u64,
+}
+
+/// The billing ledger's settings (`[store]`), compiled.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Spool directory (a relative `spool_dir` is joined to the config
+    /// file's directory, like `ca_file`).
+    pub spool_dir: PathBuf,
+    /// Records per batch.
+    pub batch_max: usize,
+    /// Longest wait for a batch to fill.
+    pub flush_interval: Duration,
+    /// Queue capacity, records.
+    pub queue: usize,
+    /// Store call timeout.
+    pub timeout: Duration,
+    /// Audit stream cap, entries.
+    pub stream_max: u64,
 }

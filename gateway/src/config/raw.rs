@@ -2,7 +2,9 @@
 //! fields so a typo is an error, not a silently ignored setting; values are
 //! checked and turned into runtime types in `compile`.
 
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 /// A whole config file.
 #[derive(Debug, Deserialize, Default)]
@@ -25,6 +27,117 @@ pub struct RawConfig {
     /// Shared state between gateway nodes.
     #[serde(default)]
     pub store: RawStore,
+    /// eBPF TCP telemetry and upstream health signals.
+    #[serde(default)]
+    pub ebpf: RawEbpf,
+    /// Client authentication and limits sharing.
+    #[serde(default)]
+    pub auth: RawAuth,
+    /// Virtual API keys.
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+    /// Tenants (customers, teams) keys belong to, with their limits.
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+}
+
+/// `[auth]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// `keys` (every request needs a valid key) or `none`. Default: `keys`
+    /// when any `[[keys]]` exist, else `none`.
+    pub mode: Option<String>,
+    /// Env var holding the admin token (`Authorization: Bearer` on the
+    /// admin listener's `/admin/*`). Without it `/admin/*` is refused.
+    pub admin_token_env: Option<String>,
+    /// Share of a limit one node leases from the store at a time (0..=1).
+    /// Default 0.05. Bounds over-admission to one lease per node.
+    pub lease_fraction: Option<f64>,
+}
+
+/// `[[keys]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// Shown in logs, metrics and the admin API instead of the key.
+    pub id: String,
+    /// Tenant the key bills to.
+    pub tenant: String,
+    /// Hex SHA-256 of the key.
+    pub key_sha256: Option<String>,
+    /// Env var holding the key in clear (hashed at load).
+    pub key_env: Option<String>,
+    /// Allowed models (names, aliases or globs); absent = all.
+    pub models: Option<Vec<String>>,
+    /// Limits of this key.
+    pub limits: Option<RawLimits>,
+    /// Limits of this key on one model (by configured name or alias).
+    #[serde(default)]
+    pub model_limits: BTreeMap<String, RawLimits>,
+}
+
+/// `[[tenants]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// Tenant id keys refer to.
+    pub id: String,
+    /// Models every key of the tenant may use (names, aliases or globs);
+    /// absent = all. A key's own `models` narrows it further.
+    pub models: Option<Vec<String>>,
+    /// Limits shared by all keys of the tenant.
+    pub limits: Option<RawLimits>,
+    /// Limits of the tenant on one model.
+    #[serde(default)]
+    pub model_limits: BTreeMap<String, RawLimits>,
+}
+
+/// `limits = { ... }` (also the JSON of keys made through the admin API).
+#[derive(Debug, Deserialize, Serialize, Default, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Requests per minute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens (prompt + completion) per minute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Concurrent streaming requests (per node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_streams: Option<u64>,
+    /// Tokens per budget period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u64>,
+    /// US dollars per budget period (priced by the models' `price`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    /// `day` or `month` (UTC). Default `month`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<String>,
+}
+
+/// `price = { input = 2.5, output = 10.0 }`: US dollars per million tokens.
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    /// Prompt tokens.
+    pub input: f64,
+    /// Completion tokens.
+    pub output: f64,
+}
+
+/// `[ebpf]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEbpf {
+    /// `auto` (load what the host allows, log what it does not), `on`
+    /// (refuse to start unless every program loads) or `off`. Default `auto`.
+    pub enabled: Option<String>,
+    /// cgroup v2 directory for the `sock_ops` program: `auto` (the current
+    /// cgroup, or a new `tollgate-<pid>` one when the process is in the
+    /// root), `off`, or a path. Default `auto`.
+    pub cgroup: Option<String>,
 }
 
 /// `[store]`
@@ -35,8 +148,26 @@ pub struct RawStore {
     pub kind: Option<String>,
     /// `redis://host:port[/db]` for kind = "redis".
     pub url: Option<String>,
-    /// `fail_open` (default): a store outage degrades to per-node state.
+    /// `fail_open` (default): a store outage degrades to per-node state;
+    /// `fail_closed`: limited keys get only what was already leased.
     pub on_store_error: Option<String>,
+    /// Directory of the billing spool (usage the store has not acknowledged
+    /// yet). Relative paths are relative to the config file's directory.
+    /// Default `tollgate-spool`.
+    pub spool_dir: Option<String>,
+    /// Usage records per ledger batch (one Lua call). Default 2048.
+    pub batch_max: Option<usize>,
+    /// Longest time a usage record waits for its batch to fill. Default "100ms".
+    pub flush_interval: Option<String>,
+    /// Ledger queue capacity in records; when full, workers spill to the
+    /// spool. Default 65536.
+    pub ledger_queue: Option<usize>,
+    /// Timeout of each ledger store call (then the batch is spooled).
+    /// Default "1s".
+    pub timeout: Option<String>,
+    /// Approximate length cap of the `tollgate:ledger` audit stream,
+    /// entries (`XADD MAXLEN ~`). Default 1000000.
+    pub ledger_stream_max: Option<u64>,
 }
 
 /// `[server]`
@@ -137,6 +268,8 @@ pub struct RawModel {
     /// `o200k_base`, `cl100k_base` or `none`; default by model family
     /// (o200k_base for gpt-4o/4.1/o-series, cl100k_base otherwise).
     pub tokenizer: Option<crate::tokens::Tokenizer>,
+    /// Price for budgets and billing, US dollars per million tokens.
+    pub price: Option<RawPrice>,
 }
 
 /// `breaker = { ... }`

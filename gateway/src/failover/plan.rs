@@ -163,6 +163,7 @@ mod tests {
             max_attempts: 5,
             deadline: None,
             tokenizer: None,
+            price: None,
         }
     }
 

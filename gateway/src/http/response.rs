@@ -108,11 +108,14 @@ pub fn full(
 /// An OpenAI-shaped JSON error response.
 pub fn error(out: &mut Vec<u8>, err: &Error, request_id: &[u8], close: bool) {
     let body = err.to_json();
-    let allow: &[(&[u8], &[u8])] = if err.status() == 405 {
-        &[(b"allow", b"POST")]
-    } else {
-        &[]
-    };
+    let mut extra: Vec<(&[u8], &[u8])> = err
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_slice()))
+        .collect();
+    if err.status() == 405 {
+        extra.push((b"allow", b"POST"));
+    }
     let r = Local {
         request_id,
         close,
@@ -121,7 +124,7 @@ pub fn error(out: &mut Vec<u8>, err: &Error, request_id: &[u8], close: bool) {
     full(
         out,
         err.status(),
-        allow,
+        &extra,
         b"application/json",
         body.as_bytes(),
         r,

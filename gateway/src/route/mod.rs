@@ -12,5 +12,5 @@ pub mod table;
 pub mod wrr;
 
 pub use extract::{BodyInfo, ExtractError, extract};
-pub use table::{Fallback, ModelSpec, Route, RouteId, RouteTable, Target, UpstreamId};
+pub use table::{Fallback, ModelSpec, Price, Route, RouteId, RouteTable, Target, UpstreamId};
 pub use wrr::Picker;

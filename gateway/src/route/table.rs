@@ -81,6 +81,8 @@ pub struct ModelSpec {
     pub deadline: Option<Duration>,
     /// Token counting setting.
     pub tokenizer: Option<Tokenizer>,
+    /// Price per token.
+    pub price: Option<Price>,
 }
 
 impl ModelSpec {
@@ -95,6 +97,7 @@ impl ModelSpec {
             max_attempts: 3,
             deadline: None,
             tokenizer: None,
+            price: None,
         }
     }
 }
@@ -120,6 +123,24 @@ pub struct Route {
     pub deadline: Option<Duration>,
     /// Token counting setting (`None`: by model family).
     pub tokenizer: Option<Tokenizer>,
+    /// Price per token (`None`: free for money budgets).
+    pub price: Option<Price>,
+}
+
+/// Price of a model in micro-dollars per token (= dollars per million).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    /// Per prompt token.
+    pub input: f64,
+    /// Per completion token.
+    pub output: f64,
+}
+
+impl Price {
+    /// Micro-dollars for a usage, rounded up to a whole micro-dollar.
+    pub fn micros(&self, prompt: u64, completion: u64) -> u64 {
+        (prompt as f64 * self.input + completion as f64 * self.output).ceil() as u64
+    }
 }
 
 /// The table.
@@ -172,6 +193,7 @@ impl RouteTable {
                 max_attempts: spec.max_attempts.max(1),
                 deadline: spec.deadline,
                 tokenizer: spec.tokenizer,
+                price: spec.price,
             });
         }
         // Fallbacks name models; resolve them now that all names are known.

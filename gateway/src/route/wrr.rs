@@ -72,6 +72,7 @@ mod tests {
             max_attempts: 1,
             deadline: None,
             tokenizer: None,
+            price: None,
         }])
         .unwrap();
         let mut p = Picker::default();

@@ -1,7 +1,7 @@
 //! The admin listener: `GET /healthz`, `/status`, `/metrics`, the breaker
-//! API (`admin_breakers.rs`) on a separate
+//! API (`admin_breakers.rs`), usage totals (`admin_usage.rs`) on a separate
 //! address (and thread) so operators can probe a node without touching
-//! the client port. Metrics and key management land here later.
+//! the client port. Key management and limits: `admin_keys.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +65,22 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                 return;
             }
         };
+        // A body (admin API calls): read it whole, bounded.
+        let body_len = match head.body {
+            request::BodyFraming::None => 0,
+            request::BodyFraming::Length(n) if n <= 64 * 1024 => n as usize,
+            _ => return,
+        };
+        while buf.len() < head.len + body_len {
+            let len = buf.len();
+            buf.reserve(head.len + body_len - len);
+            let cap = buf.capacity();
+            let (res, slice) = s.read(buf.slice_mut(len..cap)).await;
+            buf = slice.into_inner();
+            if !matches!(res, Ok(n) if n > 0) {
+                return;
+            }
+        }
         let mut out = Vec::new();
         let r = Local {
             request_id: b"admin",
@@ -72,7 +88,38 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
             head_only: false,
         };
         let cfg = &shared.cfg;
-        match head.path(&buf) {
+        let method = buf.split(|&b| b == b' ').next().unwrap_or(b"");
+        let path = head.path(&buf);
+        if path.starts_with(b"/admin/") {
+            let p = String::from_utf8_lossy(path);
+            let body = &buf[head.len..head.len + body_len];
+            let (status, json) = super::admin_keys::authorized(shared, &buf, &head)
+                .and_then(|()| {
+                    let q = String::from_utf8_lossy(head.query(&buf));
+                    super::admin_keys::handle(shared, method, &p, &q, body).ok_or_else(|| {
+                        (
+                            404,
+                            "{\"error\":{\"message\":\"unknown admin call\",\"type\":\"admin_error\",\"code\":\"not_found\"}}".to_string(),
+                        )
+                    })
+                })
+                .unwrap_or_else(|e| e);
+            full(
+                &mut out,
+                status,
+                &[],
+                b"application/json",
+                json.as_bytes(),
+                r,
+            );
+            buf.drain(..head.len + body_len);
+            let (res, _) = s.write_all(out).await;
+            if res.is_err() || !head.keep_alive {
+                return;
+            }
+            continue;
+        }
+        match path {
             b"/healthz" => full(
                 &mut out,
                 200,
@@ -85,6 +132,9 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                 let mut text = String::with_capacity(4096);
                 shared.token_metrics.render(&mut text);
                 super::admin_breakers::render(shared, &mut text);
+                crate::health::render(&shared.health, &shared.upstreams, &mut text);
+                shared.auth.metrics.render(&mut text);
+                shared.ledger.render(&mut text);
                 full(
                     &mut out,
                     200,
@@ -144,7 +194,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                     .unwrap_or_else(|| {
                         Err(Error::new(
                             Kind::NotFound,
-                            "admin serves GET /healthz, /status, /metrics, /breakers and POST /breakers/{model}/{upstream}/{open|close}",
+                            "admin serves GET /healthz, /status, /metrics, /breakers, POST /breakers/{model}/{upstream}/{open|close} and, with the admin token, /admin/keys, /admin/limits, /admin/usage",
                         ))
                     });
                 match action {
@@ -153,9 +203,9 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                 }
             }
         }
-        buf.drain(..head.len);
+        buf.drain(..head.len + body_len);
         let (res, _) = s.write_all(out).await;
-        if res.is_err() || !head.keep_alive || head.body != request::BodyFraming::None {
+        if res.is_err() || !head.keep_alive {
             return;
         }
     }

@@ -37,6 +37,9 @@ pub struct ClientIn {
 
 /// Smallest spare capacity offered to a read.
 const READ_CHUNK: usize = 8 * 1024;
+/// An empty buffer larger than this is replaced by a `READ_CHUNK` one
+/// before the next read.
+const SHRINK_ABOVE: usize = 4 * READ_CHUNK;
 
 impl ClientIn {
     /// Wraps a read half.
@@ -88,6 +91,11 @@ impl ClientIn {
             else {
                 return;
             };
+            if buf.is_empty() && buf.capacity() > SHRINK_ABOVE {
+                // A large request grew the buffer: an idle connection does
+                // not keep that memory.
+                buf = Vec::with_capacity(READ_CHUNK);
+            }
             if buf.capacity() - buf.len() < READ_CHUNK {
                 buf.reserve(READ_CHUNK);
             }
@@ -115,5 +123,60 @@ impl ClientIn {
             Ok(_) => {}
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use monoio::io::Splitable;
+
+    use super::*;
+
+    impl ClientIn {
+        fn capacity(&self) -> usize {
+            match &self.state {
+                State::Idle(_, b) => b.capacity(),
+                _ => 0,
+            }
+        }
+    }
+
+    #[test]
+    fn a_buffer_grown_by_a_large_request_is_released_before_the_next_read() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let big = vec![b'x'; 256 * 1024];
+            let writer = std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.write_all(&big).unwrap();
+                c
+            });
+            let (s, _) = l.accept().await.unwrap();
+            let (rd, _wr) = s.into_split();
+            let mut cin = ClientIn::new(rd);
+            let mut got = 0;
+            while got < 256 * 1024 {
+                cin.reserve_total(256 * 1024);
+                got += cin.complete().await.unwrap();
+            }
+            assert!(cin.capacity() >= 256 * 1024);
+            cin.consume(got);
+            // The next read starts with a small buffer again.
+            cin.start();
+            let State::InFlight(_) = &cin.state else {
+                panic!("no read in flight")
+            };
+            let c = writer.join().unwrap();
+            drop(c);
+            assert_eq!(cin.complete().await.unwrap(), 0);
+            assert!(cin.capacity() <= 2 * READ_CHUNK, "{}", cin.capacity());
+        });
     }
 }

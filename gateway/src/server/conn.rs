@@ -26,7 +26,9 @@ pub type ClientOut = OwnedWriteHalf<TcpStream>;
 pub async fn serve(w: &Worker, stream: TcpStream) {
     let (rd, mut wr) = stream.into_split();
     let mut cin = ClientIn::new(rd);
-    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    // Only local answers and errors use it: allocated on first use, so an
+    // idle keep-alive connection holds just its read buffer.
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let head = match read_head(w, &mut cin).await {
             Ok(Some(h)) => h,
@@ -135,6 +137,8 @@ fn access_log(
     route: &proxy::RouteLog,
 ) {
     if w.cfg().log.access {
+        // Upstream TCP as the kernel saw it (eBPF sock_ops; absent without).
+        let tcp = w.shared.health.tcp(route.tcp_port);
         tracing::info!(
             target: "tollgate::access",
             request_id = %String::from_utf8_lossy(rid),
@@ -144,6 +148,8 @@ fn access_log(
             upstream = route.upstream.as_deref().unwrap_or("-"),
             ttfb_ms = route.ttfb.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
             ms = started.elapsed().as_secs_f64() * 1000.0,
+            srtt_us = tcp.map(|t| t.0),
+            retrans = tcp.map(|t| t.1.saturating_sub(route.tcp_retrans0)),
         );
     }
 }

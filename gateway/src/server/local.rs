@@ -26,6 +26,25 @@ pub fn handle(
         head_only: head.method == Method::Head,
     };
     let json = b"application/json";
+    // The model list is an API call like any other: it needs a key, and
+    // lists (and shows) only the models that key may use.
+    let key = if path.starts_with(b"/v1/") {
+        w.shared
+            .auth
+            .authenticate(cin.buf(), &head.headers)
+            .map_err(|e| (e, false))?
+    } else {
+        None
+    };
+    let visible = |id: &str| {
+        key.as_ref().is_none_or(|k| {
+            let route = w.cfg().routes.lookup(id).map(|r| w.cfg().routes.route(r));
+            route.is_some_and(|r| k.allows(id, &r.name))
+        })
+    };
+    let restricted = key
+        .as_ref()
+        .is_some_and(|k| k.models.is_some() || k.tenant.models.is_some());
     match path {
         b"/healthz" | b"/v1/models" if !readable => Err((
             Error::new(Kind::MethodNotAllowed, "use GET for this endpoint"),
@@ -35,6 +54,15 @@ pub fn handle(
             full(out, 200, &[], json, b"{\"status\":\"ok\"}", r);
             Ok(Done::Local)
         }
+        b"/v1/models" if restricted => {
+            let mut list: serde_json::Value =
+                serde_json::from_slice(&w.shared.models_json).unwrap_or_default();
+            if let Some(data) = list.get_mut("data").and_then(|d| d.as_array_mut()) {
+                data.retain(|m| m["id"].as_str().is_some_and(visible));
+            }
+            full(out, 200, &[], json, list.to_string().as_bytes(), r);
+            Ok(Done::Local)
+        }
         b"/v1/models" => {
             full(out, 200, &[], json, &w.shared.models_json, r);
             Ok(Done::Local)
@@ -42,7 +70,7 @@ pub fn handle(
         _ => {
             if let (Some(id), true) = (path.strip_prefix(b"/v1/models/"), readable) {
                 let id = String::from_utf8_lossy(id);
-                if let Some(body) = model_object(w.cfg(), &id) {
+                if let Some(body) = model_object(w.cfg(), &id).filter(|_| visible(&id)) {
                     full(out, 200, &[], json, body.as_bytes(), r);
                     return Ok(Done::Local);
                 }

@@ -12,6 +12,8 @@
 mod account;
 mod admin;
 mod admin_breakers;
+mod admin_keys;
+mod admin_usage;
 mod client;
 mod conn;
 mod drain;
@@ -59,8 +61,12 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let token_metrics = Arc::new(crate::usage::TokenMetrics::default());
-    let sinks =
-        crate::usage::Sinks::new(vec![Arc::new(crate::usage::LogSink), token_metrics.clone()]);
+    let (ledger, ledger_thread) = start_ledger(&cfg)?;
+    let sinks = crate::usage::Sinks::new(vec![
+        Arc::new(crate::usage::LogSink),
+        token_metrics.clone(),
+        ledger.clone(),
+    ]);
     let breaker_sync = match &cfg.store {
         crate::config::StoreConfig::Memory => None,
         crate::config::StoreConfig::Redis { url } => {
@@ -84,7 +90,22 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             Some((sync, offsets))
         }
     };
+    let (auth, key_store) = start_auth(&cfg)?;
+    let health = Arc::new(crate::health::Health::new(upstreams.len()));
+    // Before any worker opens an upstream socket: sockets stay in the
+    // cgroup they were created in, and sock_ops sees only that cgroup.
+    let mut ebpf = crate::health::start(
+        cfg.clone(),
+        upstreams.clone(),
+        breaker_sync.clone(),
+        health.clone(),
+    )
+    .map_err(|e| anyhow!(e))?;
     let shared = Arc::new(Shared {
+        health,
+        auth,
+        key_store,
+        ledger,
         breaker_sync,
         token_metrics,
         sinks,
@@ -144,6 +165,9 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         for s in stops {
             let _ = s.send(());
         }
+        if let Some(e) = ebpf.take() {
+            e.stop();
+        }
         return Err(anyhow!(e));
     }
     let driver = drivers.first().copied().unwrap_or(Driver::Legacy);
@@ -166,8 +190,28 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     for h in handles {
         let _ = h.join();
     }
+    // Workers are gone: no record can arrive any more.
+    ledger_thread.finish();
+    if let Some(e) = ebpf {
+        e.stop();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn start_ledger(
+    cfg: &Config,
+) -> anyhow::Result<(Arc<crate::ledger::Ledger>, crate::ledger::LedgerThread)> {
+    let l = &cfg.ledger;
+    let backend = match &cfg.store {
+        crate::config::StoreConfig::Memory => crate::ledger::Backend::Memory,
+        crate::config::StoreConfig::Redis { url } => crate::ledger::Backend::Redis(url.clone()),
+    };
+    crate::ledger::start(crate::ledger::Options {
+        backend,
+        settings: l.clone(),
+    })
+    .context("starting the billing ledger")
 }
 
 fn wait_for_signal() -> anyhow::Result<()> {
@@ -176,4 +220,51 @@ fn wait_for_signal() -> anyhow::Result<()> {
         .context("installing signal handlers")?;
     let _ = signals.forever().next();
     Ok(())
+}
+
+/// Keys, limits and, with a Redis store, the threads that share them.
+fn start_auth(
+    cfg: &Config,
+) -> anyhow::Result<(Arc<crate::auth::Auth>, crate::auth::store::KeyStore)> {
+    use crate::auth::Auth;
+    use crate::auth::store::KeyStore;
+    use crate::limits::{Allow, Limiter, lease::LeaseThread};
+    let a = &cfg.auth;
+    if !a.required {
+        tracing::warn!(
+            target: "tollgate::auth",
+            "auth is off: requests are served without an API key (no [[keys]] and no [auth] mode = \"keys\")"
+        );
+    }
+    match &cfg.store {
+        crate::config::StoreConfig::Memory => {
+            let auth = Arc::new(Auth::new(a, Arc::new(Limiter::default())));
+            Ok((auth, KeyStore::memory()))
+        }
+        crate::config::StoreConfig::Redis { url } => {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let limiter = Arc::new(Limiter::shared(tx));
+            let auth = Arc::new(Auth::new(a, limiter.clone()));
+            let client =
+                redis::Client::open(url.as_str()).map_err(|e| anyhow!("store.url: {e}"))?;
+            let a2 = auth.clone();
+            let lease = LeaseThread {
+                client,
+                limiter,
+                counters: Arc::new(move || a2.all_counters()),
+                down: if a.fail_closed {
+                    Allow::Closed
+                } else {
+                    Allow::Local
+                },
+                wake: rx,
+            };
+            std::thread::Builder::new()
+                .name("tollgate-limits".into())
+                .spawn(move || lease.run())?;
+            let store = KeyStore::redis(url, auth.clone()).map_err(|e| anyhow!(e))?;
+            tracing::info!(target: "tollgate::auth", %url, "keys and limits shared through redis");
+            Ok((auth, store))
+        }
+    }
 }

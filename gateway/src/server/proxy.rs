@@ -23,10 +23,13 @@ use super::client::ClientIn;
 use super::conn::{Body, ClientOut};
 use super::relay::{Attempt, relay};
 use super::worker::Worker;
+use crate::auth::KeyEntry;
 use crate::error::{Error, Kind};
 use crate::failover::plan::{Candidates, Pick};
 use crate::failover::{Class, Effect, Outcome, Transition, now_ms};
 use crate::http::RequestHead;
+use crate::limits::period::wall_ms;
+use crate::limits::{Admission, Demand, Kind as LimitKind, Refusal, Refused};
 use crate::route::rewrite::{Edit, StreamUsage, json_string, splice, stream_usage};
 use crate::route::{BodyInfo, ExtractError, RouteId, UpstreamId, extract};
 use crate::tokens::Encoding;
@@ -93,6 +96,10 @@ pub struct RouteLog {
     pub upstream: Option<Arc<str>>,
     /// Time to the upstream response head.
     pub ttfb: Option<Duration>,
+    /// Local port of the upstream connection (0 unless eBPF maps it).
+    pub tcp_port: u16,
+    /// Its retransmit count when the request was written.
+    pub tcp_retrans0: u32,
 }
 
 /// Result of `handle`: an error carries whether the connection must close.
@@ -142,11 +149,23 @@ pub async fn handle(
 ) -> Handled {
     let started = Instant::now();
     let table = &w.cfg().routes;
+    let key = match w.shared.auth.authenticate(cin.buf(), &head.headers) {
+        Ok(k) => k,
+        Err(e) => {
+            cin.consume(body.request_len());
+            return Err((e, false));
+        }
+    };
     let info = extract(body.bytes(cin.buf())).map_err(extract_error);
     let first = info
         .as_ref()
         .map_err(Clone::clone)
-        .and_then(|i| route(w, i, log));
+        .and_then(|i| route(w, i, log))
+        .and_then(|r| {
+            permit(key.as_deref(), table.route(r.0), log)
+                .inspect_err(|_| w.shared.auth.metrics.model_not_allowed())
+                .map(|()| r)
+        });
     let (route_id, idx) = match first {
         Ok(r) => r,
         Err(e) => {
@@ -155,6 +174,18 @@ pub async fn handle(
         }
     };
     let route_cfg = table.route(route_id);
+    let scopes = key
+        .as_ref()
+        .map_or(Vec::new(), |k| k.scopes(&route_cfg.name));
+    // Output the client allows, reserved against token and money limits.
+    let counts_tokens = scopes
+        .iter()
+        .any(|c| c.windows.iter().any(|(k, _)| *k != LimitKind::Requests));
+    let out_cap = if counts_tokens {
+        crate::limits::output_cap(body.bytes(cin.buf()))
+    } else {
+        0
+    };
     let mut cands = Candidates::new(table, route_id, idx);
     let Some(mut pick) = cands.first(table, now_ms()) else {
         cin.consume(body.request_len());
@@ -191,6 +222,26 @@ pub async fn handle(
     drop(info);
     cin.consume(body.request_len());
     let (p, acct) = first.map_err(|e| (e, false))?;
+    let admission = if scopes.is_empty() {
+        Admission::none()
+    } else {
+        let prompt = acct.prompt_estimate().unwrap_or(0);
+        let demand = Demand {
+            tokens: prompt + out_cap,
+            micros: route_cfg.price.map_or(0, |pr| pr.micros(prompt, out_cap)),
+            stream: p.stream,
+        };
+        w.shared
+            .auth
+            .limiter
+            .admit(&scopes, demand, wall_ms())
+            .map_err(|r| {
+                w.shared.auth.metrics.refused(&r);
+                (refused(r, demand), false)
+            })?
+    };
+    drop(scopes);
+    let rate_headers = admission.headers.pairs();
     let mut acct = acct;
     let mut served = p.served.clone();
     let mut upstream = w.shared.upstreams[p.upstream as usize].cfg.name.clone();
@@ -235,6 +286,7 @@ pub async fn handle(
                         deadline_cut,
                         decide: &mut decide,
                         on_head: &mut on_head,
+                        headers: &rate_headers,
                     };
                     relay(w, wr, p, head.minor, !keep_alive, rid, log, &mut acct, ctx).await
                 };
@@ -319,10 +371,16 @@ pub async fn handle(
         Err((e, _)) => e.status(),
     };
     let tally = acct.tally();
+    let cost_micros = table
+        .route(pick.route)
+        .price
+        .map_or(0, |pr| pr.micros(tally.prompt.0, tally.completion.0));
+    admission.settle(tally.prompt.0 + tally.completion.0, cost_micros, wall_ms());
     let rec = UsageRecord {
         request_id: String::from_utf8_lossy(rid).into_owned(),
-        key_id: None,
-        tenant: None,
+        key_id: key.as_ref().map(|k| k.id.clone()),
+        tenant: key.as_ref().map(|k| k.tenant.id.clone()),
+        cost_micros,
         requested_model: log.model.clone(),
         served_model: served,
         upstream,
@@ -334,6 +392,11 @@ pub async fn handle(
         ttfb: log.ttfb,
         total: started.elapsed(),
         stream,
+        upstream_tcp: w
+            .shared
+            .health
+            .tcp(log.tcp_port)
+            .map(|(srtt, r)| (srtt, r.saturating_sub(log.tcp_retrans0))),
     };
     w.shared.sinks.record(&rec);
     result
@@ -386,6 +449,81 @@ fn breaker_log(w: &Worker, pick: Pick, t: Transition, rid: &[u8]) {
     }
 }
 
+/// 403 when the key may not use the model.
+fn permit(
+    key: Option<&KeyEntry>,
+    route: &crate::route::Route,
+    log: &RouteLog,
+) -> Result<(), Error> {
+    match key {
+        Some(k) if !k.allows(&log.model, &route.name) => Err(Error::msg(
+            Kind::ModelNotAllowed,
+            format!(
+                "The API key `{}` is not allowed to use the model `{}`.",
+                k.id, log.model
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The 429 (or 503) for a refused admission, with OpenAI's headers.
+fn refused(r: Refused, d: Demand) -> Error {
+    let scope = &r.scope;
+    let (kind, msg) = match (r.kind, r.why) {
+        (_, Refusal::StoreDown { .. }) => (
+            Kind::StoreUnavailable,
+            format!(
+                "Limits for {scope} cannot be checked: the limits store is unreachable (fail_closed)."
+            ),
+        ),
+        (None, _) => (
+            Kind::RateLimited,
+            format!("Too many concurrent streams for {scope}. Wait for one to finish."),
+        ),
+        (Some(k @ (LimitKind::Requests | LimitKind::Tokens)), Refusal::TooLarge) => (
+            Kind::RateLimited,
+            format!(
+                "Request too large for {scope} on {}: Limit {}, Requested {}.",
+                per_minute(k),
+                r.limit,
+                d.tokens
+            ),
+        ),
+        (Some(k @ (LimitKind::Requests | LimitKind::Tokens)), _) => (
+            Kind::RateLimited,
+            format!(
+                "Rate limit reached for {scope} on {}: Limit {}. Please try again in {}.",
+                per_minute(k),
+                r.limit,
+                crate::limits::reset_string(r.retry_after_s() * 1000)
+            ),
+        ),
+        (Some(k), _) => (
+            Kind::QuotaExceeded,
+            format!(
+                "Budget used up for {scope} ({}: limit {}). It resets in {}.",
+                k.name(),
+                r.limit,
+                crate::limits::reset_string(r.retry_after_s() * 1000)
+            ),
+        ),
+    };
+    let mut e = Error::msg(kind, msg)
+        .with_header(b"retry-after", r.retry_after_s().to_string().into_bytes());
+    for (n, v) in r.headers.pairs() {
+        e = e.with_header(n, v);
+    }
+    e
+}
+
+fn per_minute(k: LimitKind) -> &'static str {
+    match k {
+        LimitKind::Requests => "requests per min (RPM)",
+        _ => "tokens per min (TPM)",
+    }
+}
+
 /// Finds the route of the body's model and the balancer's first pick.
 fn route(w: &Worker, info: &BodyInfo<'_>, log: &mut RouteLog) -> Result<(RouteId, usize), Error> {
     log.model.push_str(&info.model);
@@ -400,6 +538,7 @@ fn route(w: &Worker, info: &BodyInfo<'_>, log: &mut RouteLog) -> Result<(RouteId
         ));
     };
     let idx = w.picker.borrow_mut().pick(table, route_id);
+    let idx = w.shared.health.prefer_fast(table.route(route_id), idx);
     Ok((route_id, idx))
 }
 

@@ -72,6 +72,8 @@ pub struct Attempt<'a> {
     /// soon as its head is in (the breaker learns the outcome before the
     /// client has the whole answer).
     pub on_head: &'a mut dyn FnMut(u16),
+    /// Headers added to the client response (`x-ratelimit-*`).
+    pub headers: &'a [(&'static [u8], Vec<u8>)],
 }
 
 /// An attempt that ended before anything reached the client.
@@ -150,6 +152,8 @@ pub async fn relay(
                 }
             },
         };
+        log.tcp_port = conn.port();
+        log.tcp_retrans0 = w.shared.health.tcp(log.tcp_port).map_or(0, |t| t.1);
         let (res, back) = conn.write_all(request).await;
         request = back;
         if let Err(e) = res {
@@ -243,6 +247,7 @@ pub async fn relay(
     if !prompt_value.is_empty() {
         added_headers.push((b"x-tollgate-prompt-tokens", &prompt_value));
     }
+    added_headers.extend(at.headers.iter().map(|(n, v)| (*n, v.as_slice())));
     let added = Added {
         request_id: rid,
         route: &added_headers,

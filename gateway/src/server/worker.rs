@@ -31,6 +31,15 @@ pub struct Shared {
     /// Publishes breaker trips to other nodes (`[store] kind = "redis"`),
     /// with the flat index of each route's first target.
     pub breaker_sync: Option<(crate::failover::shared::BreakerSync, Vec<usize>)>,
+    /// The kernel's view of the upstreams (eBPF).
+    pub health: Arc<crate::health::Health>,
+    /// Keys, tenants and limit counters.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Where keys made through the admin API are kept.
+    pub key_store: crate::auth::store::KeyStore,
+    /// The billing ledger (also one of the sinks), for `/admin/usage`
+    /// and `/metrics`.
+    pub ledger: Arc<crate::ledger::Ledger>,
 }
 
 /// Per-worker state, owned by the worker thread.

@@ -1,7 +1,10 @@
 //! Decoders for OpenAI streaming event data: what accounting needs from
 //! one `chat.completion.chunk` (or legacy `text_completion`) event.
 //!
-//! One serde_json pass into small borrowed structs: only `choices`,
+//! The common event, a content delta, is read by a fast path (`fast.rs`)
+//! that only searches for the few keys that matter; anything else (usage,
+//! errors, tool calls, refusals, legacy text, an empty `choices`) takes one
+//! serde_json pass into small borrowed structs: only `choices`,
 //! `usage` and `error` are read, everything else is skipped without being
 //! built (no `serde_json::Value`). Strings without escapes are borrowed
 //! from the event; a string field of an unexpected JSON type is ignored
@@ -59,6 +62,21 @@ pub struct Decoded {
 /// (legacy completions). Malformed JSON gives `Decoded::default()` and no
 /// text: the stream is the provider's business, accounting just sees less.
 pub fn decode(data: &[u8], mut on_text: impl FnMut(&str)) -> Decoded {
+    if data.trim_ascii() == b"[DONE]" {
+        return Decoded {
+            done: true,
+            ..Decoded::default()
+        };
+    }
+    if let Some(d) = super::fast::decode(data, &mut on_text) {
+        return d;
+    }
+    decode_full(data, on_text)
+}
+
+/// [`decode`] without the fast path: one serde_json pass (kept public for
+/// the equivalence tests and benches).
+pub fn decode_full(data: &[u8], mut on_text: impl FnMut(&str)) -> Decoded {
     if data.trim_ascii() == b"[DONE]" {
         return Decoded {
             done: true,

@@ -7,6 +7,7 @@
 //! across reads.
 
 pub mod decode;
+mod fast;
 pub mod scanner;
 
 pub use decode::{Decoded, Usage, decode};

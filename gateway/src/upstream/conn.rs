@@ -13,7 +13,15 @@ use super::UpstreamRuntime;
 use crate::error::{Error, Kind};
 
 /// An open connection to an upstream.
-pub enum UpConn {
+pub struct UpConn {
+    io: Io,
+    /// The socket's kernel cookie while eBPF tracks resets, else 0.
+    cookie: u64,
+    /// Local port while eBPF maps per-port stats, else 0.
+    port: u16,
+}
+
+enum Io {
     /// `http://`
     Plain(TcpStream),
     /// `https://`
@@ -21,6 +29,16 @@ pub enum UpConn {
 }
 
 impl UpConn {
+    /// The socket cookie (0 when eBPF does not track resets).
+    pub fn cookie(&self) -> u64 {
+        self.cookie
+    }
+
+    /// The local port (0 when eBPF does not map per-port stats).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Connects (and handshakes) within the upstream's connect timeout.
     pub async fn connect(up: &UpstreamRuntime) -> Result<UpConn, Error> {
         let addrs = up.addrs();
@@ -52,13 +70,27 @@ impl UpConn {
             }
             Err(_) => return Err(timed_out(up, "connect", timeout)),
         };
+        let cookie = crate::health::cookies::of(std::os::fd::AsRawFd::as_raw_fd(&tcp));
+        let port = if crate::health::cookies::ports() {
+            tcp.local_addr().map_or(0, |a| a.port())
+        } else {
+            0
+        };
         let Some(tls) = &up.tls else {
-            return Ok(UpConn::Plain(tcp));
+            return Ok(UpConn {
+                io: Io::Plain(tcp),
+                cookie,
+                port,
+            });
         };
         match monoio::time::timeout(timeout, tls.connector.connect(tls.server_name.clone(), tcp))
             .await
         {
-            Ok(Ok(s)) => Ok(UpConn::Tls(Box::new(s))),
+            Ok(Ok(s)) => Ok(UpConn {
+                io: Io::Tls(Box::new(s)),
+                cookie,
+                port,
+            }),
             Ok(Err(e)) => Err(Error::msg(
                 Kind::UpstreamTls,
                 format!("upstream `{}`: TLS handshake failed: {e}", up.cfg.name),
@@ -72,18 +104,18 @@ impl UpConn {
         let len = buf.len();
         let cap = buf.capacity();
         let slice = monoio::buf::IoBufMut::slice_mut(buf, len..cap);
-        let (res, slice) = match self {
-            UpConn::Plain(s) => s.read(slice).await,
-            UpConn::Tls(s) => s.read(slice).await,
+        let (res, slice) = match &mut self.io {
+            Io::Plain(s) => s.read(slice).await,
+            Io::Tls(s) => s.read(slice).await,
         };
         (res, slice.into_inner())
     }
 
     /// Writes all of `buf`.
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        match self {
-            UpConn::Plain(s) => s.write_all(buf).await,
-            UpConn::Tls(s) => {
+        match &mut self.io {
+            Io::Plain(s) => s.write_all(buf).await,
+            Io::Tls(s) => {
                 let r = s.write_all(buf).await;
                 // rustls buffers records; push them to the socket now.
                 match s.flush().await {

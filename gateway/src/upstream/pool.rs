@@ -2,11 +2,14 @@
 //!
 //! LIFO keeps the hottest connections in use and lets the rest age out;
 //! entries older than the upstream's idle timeout are dropped on the next
-//! take or sweep. Pools are worker-local: no locks, no atomics.
+//! take or sweep. Pools are worker-local: no locks; with eBPF on, one
+//! shared atomic slot per idle connection tells `take` which ones the
+//! kernel saw reset (`health::cookies`).
 
 use std::time::Instant;
 
 use super::UpConn;
+use crate::health::cookies;
 use crate::route::UpstreamId;
 
 struct Idle {
@@ -28,9 +31,18 @@ impl Pool {
         // Entries are in age order: the front is oldest.
         let fresh = stack.partition_point(|i| now.duration_since(i.since) >= idle_timeout);
         if fresh > 0 {
-            stack.drain(..fresh);
+            for i in stack.drain(..fresh) {
+                cookies::forget(i.conn.cookie());
+            }
         }
-        stack.pop().map(|i| i.conn)
+        // Connections the kernel saw reset while idle are dropped here,
+        // before a request is written to them (eBPF; a no-op without).
+        while let Some(i) = stack.pop() {
+            if !cookies::take(i.conn.cookie()) {
+                return Some(i.conn);
+            }
+        }
+        None
     }
 
     /// Returns a connection whose last response completed cleanly.
@@ -44,8 +56,9 @@ impl Pool {
         }
         let stack = &mut self.idle[idx];
         if stack.len() >= max_idle {
-            stack.remove(0);
+            cookies::forget(stack.remove(0).conn.cookie());
         }
+        cookies::idle(conn.cookie());
         stack.push(Idle {
             conn,
             since: Instant::now(),
@@ -59,7 +72,9 @@ impl Pool {
         for (i, stack) in self.idle.iter_mut().enumerate() {
             let t = timeout_of(i);
             let fresh = stack.partition_point(|e| now.duration_since(e.since) >= t);
-            stack.drain(..fresh);
+            for e in stack.drain(..fresh) {
+                cookies::forget(e.conn.cookie());
+            }
         }
     }
 

@@ -5,7 +5,8 @@
 //! # Failure behavior
 //! Sinks never block the data path: the log sink writes through the
 //! non-blocking logger (lossy under pressure), the metrics sink is a few
-//! relaxed atomic adds. Billing (a later sink) must keep that contract.
+//! relaxed atomic adds, the billing ledger (`crate::ledger`) a `try_send`
+//! into a bounded queue that spills to disk when full.
 
 pub mod metrics;
 
@@ -64,6 +65,11 @@ pub struct UsageRecord {
     pub total: Duration,
     /// Streaming request.
     pub stream: bool,
+    /// Price of the usage in micro-dollars (0 when the model has no price).
+    pub cost_micros: u64,
+    /// Upstream connection as the kernel saw it (eBPF `sock_ops`): srtt in
+    /// microseconds and segments retransmitted while the request ran.
+    pub upstream_tcp: Option<(u32, u32)>,
 }
 
 /// Consumer of usage records. Implementations must not block.
@@ -93,6 +99,9 @@ impl UsageSink for LogSink {
             ttfb_ms = r.ttfb.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
             total_ms = r.total.as_secs_f64() * 1000.0,
             stream = r.stream,
+            cost_micros = r.cost_micros,
+            srtt_us = r.upstream_tcp.map(|t| t.0),
+            retrans = r.upstream_tcp.map(|t| t.1),
         );
     }
 }
