@@ -1,1 +1,4 @@
-//! Benchmarks live in `micro/` (criterion) and the load harness (later).
+//! Benchmarks: criterion micro benches live in `micro/`; this library is
+//! the load generator the side-by-side harness (`benches/run.sh`) drives.
+
+pub mod loadgen;
