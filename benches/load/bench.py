@@ -36,9 +36,10 @@ HZ = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 NCPU = os.cpu_count() or 1
 
-# Scenario 2's extra request headers (the lead adds the API key here once
-# [auth] exists in tollgate-routing.toml).
-ROUTING_HEADERS = []
+# Scenario 2's extra request headers: tollgate checks this key (its
+# SHA-256 is in tollgate-routing.toml); the other systems ignore it.
+ROUTING_KEY = "tg-bench-routing-0123456789abcdef"
+ROUTING_HEADERS = [f"Authorization: Bearer {ROUTING_KEY}"]
 
 
 def log(*a):

@@ -35,8 +35,11 @@ pub struct ClientIn {
     closed: bool,
 }
 
-/// Smallest spare capacity offered to a read.
-const READ_CHUNK: usize = 8 * 1024;
+/// Smallest spare capacity offered to a read. Every idle keep-alive
+/// connection holds one such buffer (its read is in flight), so this is
+/// most of a connection's memory; a request larger than it costs one more
+/// read once its head says how long the body is.
+const READ_CHUNK: usize = 4 * 1024;
 /// An empty buffer larger than this is replaced by a `READ_CHUNK` one
 /// before the next read.
 const SHRINK_ABOVE: usize = 4 * READ_CHUNK;

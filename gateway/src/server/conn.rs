@@ -63,7 +63,11 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
             // outcome, once the body has been read.
             match (endpoint, read_body(w, &mut cin, &mut wr, &head).await) {
                 (Some(ep), Ok(body)) => {
-                    proxy::handle(
+                    // Boxed: the proxy future is most of a connection
+                    // task's size (debug build: 6.9 KB of 6.9 KB, 1.9 KB
+                    // left when boxed), and an idle keep-alive connection
+                    // should not carry it. One allocation per request.
+                    Box::pin(proxy::handle(
                         w,
                         &mut cin,
                         &mut wr,
@@ -73,7 +77,7 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
                         &rid,
                         keep_alive,
                         &mut route_log,
-                    )
+                    ))
                     .await
                 }
                 (_, Err(e)) => Err((e, true)),
