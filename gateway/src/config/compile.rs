@@ -523,7 +523,7 @@ fn upstream(
         connect_timeout,
         response_timeout,
         read_timeout,
-        max_idle: u.max_idle.unwrap_or(64),
+        max_idle: u.max_idle.unwrap_or(256),
         idle_timeout,
         stream_usage: u.stream_usage.unwrap_or(true),
     })
