@@ -701,3 +701,29 @@ fn the_ledger_bills_each_tenant_its_usage_at_the_model_price() {
     // Without the token the usage is not readable.
     assert_eq!(request(admin, &get("/admin/usage")).status, 401);
 }
+
+#[test]
+fn per_model_limits_apply_to_that_model_only() {
+    let m = mock(&[]);
+    let cfg = base(
+        &m,
+        None,
+        "",
+        &format!(
+            "[[keys]]\nid = \"k\"\ntenant = \"t\"\nkey_sha256 = \"{}\"\n\
+             model_limits = {{ \"gpt-4o\" = {{ rpm = 2 }} }}\n",
+            sha(KEY_A)
+        ),
+    );
+    let g = gateway(&cfg, &[]);
+    fresh_minute();
+    let claude = r#"{"model":"claude-3","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(request(g.addr, &with_key(HI, KEY_A)).status, 200);
+    assert_eq!(request(g.addr, &with_key(HI, KEY_A)).status, 200);
+    let r = request(g.addr, &with_key(HI, KEY_A));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("key:k/gpt-4o"), "{}", r.text());
+    for _ in 0..3 {
+        assert_eq!(request(g.addr, &with_key(claude, KEY_A)).status, 200);
+    }
+}
