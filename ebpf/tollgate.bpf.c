@@ -218,6 +218,21 @@ static __always_inline void fill_dest(struct tg_event *e, const struct tg_addr_k
 	__builtin_memcpy(e->daddr, k->addr, 16);
 }
 
+/* The event of a connection to an upstream, its destination filled in:
+ * NULL when `k` is not an upstream (the in-kernel filter) or the ring
+ * buffer is full (counted as a drop). */
+static __always_inline struct tg_event *upstream_event(struct tg_addr_key *k, __u16 sport)
+{
+	long up = upstream_of(k);
+	if (up < 0)
+		return 0;
+	struct tg_event *e = reserve();
+	if (!e)
+		return 0;
+	fill_dest(e, k, (__u32)up, sport);
+	return e;
+}
+
 static __always_inline __u32 log2_u32(__u32 v)
 {
 	__u32 r = 0;
@@ -237,10 +252,7 @@ static __always_inline int try_sk_error_report(struct tp_sk_error_report *ctx)
 		return 0;
 	struct tg_addr_key k;
 	make_key(&k, ctx->family, ctx->daddr, ctx->daddr_v6, ctx->dport);
-	long up = upstream_of(&k);
-	if (up < 0)
-		return 0;
-	struct tg_event *e = reserve();
+	struct tg_event *e = upstream_event(&k, ctx->sport);
 	if (!e)
 		return 0;
 	switch (ctx->error) {
@@ -250,7 +262,6 @@ static __always_inline int try_sk_error_report(struct tp_sk_error_report *ctx)
 	default: e->kind = TG_OTHER_ERROR; break;
 	}
 	e->value = ctx->error;
-	fill_dest(e, &k, (__u32)up, ctx->sport);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
@@ -265,15 +276,11 @@ static __always_inline int try_receive_reset(struct tp_tcp_event_sk *ctx)
 {
 	struct tg_addr_key k;
 	make_key(&k, ctx->family, ctx->daddr, ctx->daddr_v6, ctx->dport);
-	long up = upstream_of(&k);
-	if (up < 0)
-		return 0;
-	struct tg_event *e = reserve();
+	struct tg_event *e = upstream_event(&k, ctx->sport);
 	if (!e)
 		return 0;
 	e->kind = TG_RST_RECEIVED;
 	e->cookie = ctx->sock_cookie;
-	fill_dest(e, &k, (__u32)up, ctx->sport);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
@@ -292,16 +299,12 @@ static __always_inline int try_send_reset(struct tp_tcp_send_reset *ctx)
 	__u16 port = bpf_ntohs(*(__u16 *)&ctx->daddr[2]);
 	struct tg_addr_key k;
 	make_key(&k, family, &ctx->daddr[4], &ctx->daddr[8], port);
-	long up = upstream_of(&k);
-	if (up < 0)
-		return 0;
-	struct tg_event *e = reserve();
+	struct tg_event *e = upstream_event(&k, bpf_ntohs(*(__u16 *)&ctx->saddr[2]));
 	if (!e)
 		return 0;
 	e->kind = TG_RST_SENT;
 	e->value = (__s32)ctx->reason;
 	e->old_state = (__u16)ctx->state;
-	fill_dest(e, &k, (__u32)up, bpf_ntohs(*(__u16 *)&ctx->saddr[2]));
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
@@ -316,15 +319,11 @@ static __always_inline int try_retransmit(struct tp_tcp_retransmit_skb *ctx)
 {
 	struct tg_addr_key k;
 	make_key(&k, ctx->family, ctx->daddr, ctx->daddr_v6, ctx->dport);
-	long up = upstream_of(&k);
-	if (up < 0)
-		return 0;
-	struct tg_event *e = reserve();
+	struct tg_event *e = upstream_event(&k, ctx->sport);
 	if (!e)
 		return 0;
 	e->kind = ctx->state == TCP_SYN_SENT ? TG_SYN_RETRANS : TG_RETRANS;
 	e->value = ctx->state;
-	fill_dest(e, &k, (__u32)up, ctx->sport);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
@@ -341,16 +340,12 @@ static __always_inline int try_set_state(struct tp_inet_sock_set_state *ctx)
 		return 0;
 	struct tg_addr_key k;
 	make_key(&k, ctx->family, ctx->daddr, ctx->daddr_v6, ctx->dport);
-	long up = upstream_of(&k);
-	if (up < 0)
-		return 0;
-	struct tg_event *e = reserve();
+	struct tg_event *e = upstream_event(&k, ctx->sport);
 	if (!e)
 		return 0;
 	e->kind = TG_STATE;
 	e->old_state = (__u16)ctx->oldstate;
 	e->value = ctx->newstate;
-	fill_dest(e, &k, (__u32)up, ctx->sport);
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
