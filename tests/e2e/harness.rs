@@ -433,9 +433,22 @@ pub fn redis() -> Proc {
 
 /// Starts a private `redis-server` on `addr` (e.g. to bring one back).
 pub fn redis_on(addr: SocketAddr) -> Proc {
-    let dir = tmpdir();
-    let log = dir.join("redis.log");
+    redis_in(addr, &tmpdir(), false)
+}
+
+/// Starts a `redis-server` on `addr` with its data in `dir`. `durable`:
+/// append-only file with fsync on every write, so every acknowledged
+/// write survives a SIGKILL (restart it on the same `dir`); otherwise no
+/// persistence at all.
+pub fn redis_in(addr: SocketAddr, dir: &std::path::Path, durable: bool) -> Proc {
+    // One log per start: a restart in the same `dir` keeps the old log.
+    let log = dir.join(format!("redis-{}.log", free_port()));
     let f = std::fs::File::create(&log).unwrap();
+    let persistence: &[&str] = if durable {
+        &["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        &["--appendonly", "no"]
+    };
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -444,11 +457,9 @@ pub fn redis_on(addr: SocketAddr) -> Proc {
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &dir.to_string_lossy(),
         ])
+        .args(persistence)
+        .args(["--dir", &dir.to_string_lossy()])
         .stdout(f)
         .stderr(Stdio::null())
         .spawn()

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -154,44 +153,6 @@ fn wait_exact(url: &str, want: Sums, limit: Duration) {
     assert!(ok, "Redis totals {last:?} != client sums {want:?}");
 }
 
-/// A redis-server that keeps every acknowledged write across a SIGKILL
-/// (append-only file, fsync always), on `addr` with its data in `dir`.
-fn durable_redis(addr: SocketAddr, dir: &Path) -> Proc {
-    let log = dir.join(format!("redis-{}.log", free_port()));
-    let f = std::fs::File::create(&log).unwrap();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &addr.port().to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            &dir.to_string_lossy(),
-        ])
-        .stdout(f)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server is needed (tests/run.sh installs it)");
-    let p = Proc { child, log, addr };
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            redis::Client::open(format!("redis://{addr}"))
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-        }),
-        "redis did not start:\n{}",
-        p.stderr()
-    );
-    p
-}
-
 fn config(m: &Proc, redis: SocketAddr, admin: u16, spool: &Path) -> String {
     config_with(
         m,
@@ -262,7 +223,7 @@ fn a_redis_crash_and_a_gateway_restart_lose_and_double_nothing() {
     let spool = data.join("spool");
     let raddr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let url = format!("redis://{raddr}");
-    let mut r = durable_redis(raddr, &data);
+    let mut r = redis_in(raddr, &data, true);
     let admin = free_port();
     let cfg = config(&m, raddr, admin, &spool);
     let mut g = gateway(&cfg, &[]);
@@ -303,7 +264,7 @@ fn a_redis_crash_and_a_gateway_restart_lose_and_double_nothing() {
     want.add(load(g2.addr, 16, 50, "three", &done));
 
     // 4. Redis back (same port, same data); load continues meanwhile.
-    let _r2 = durable_redis(raddr, &data);
+    let _r2 = redis_in(raddr, &data, true);
     want.add(load(g2.addr, 16, 50, "four", &done));
     assert_eq!(want.requests, 16 * 250);
 
