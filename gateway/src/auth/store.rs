@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Auth;
 use super::keys::{from_hex, generate, hash, to_hex};
-use crate::config::auth::{KeyConfig, limit_spec};
+use crate::config::auth::{KeyConfig, limit_spec, valid_id};
 use crate::config::raw::RawLimits;
 use crate::limits::period::wall_ms;
 
@@ -151,13 +151,7 @@ impl KeyStore {
                 format!("k-{}", to_hex(&hash(k.as_bytes())[..4]))
             }
         };
-        let valid = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        };
-        if !valid(&id) || !valid(&req.tenant) {
+        if !valid_id(&id) || !valid_id(&req.tenant) {
             return Err((
                 400,
                 "id and tenant must be 1-64 characters of letters, digits, - _ .".into(),
@@ -184,8 +178,7 @@ impl KeyStore {
                 }
                 let mut next = cur.as_ref().clone();
                 next.push(rec.clone());
-                keys.store(Arc::new(next.clone()));
-                auth.rebuild(&next, auth.table.load().rev + 1);
+                install(keys, auth, next);
             }
             KeyStore::Redis { client, wake } => {
                 let mut c = Self::connect(client)?;
@@ -224,8 +217,7 @@ impl KeyStore {
                     return Err((404, format!("no key `{id}`")));
                 }
                 let next: Vec<StoredKey> = cur.iter().filter(|k| k.id != id).cloned().collect();
-                keys.store(Arc::new(next.clone()));
-                auth.rebuild(&next, auth.table.load().rev + 1);
+                install(keys, auth, next);
             }
             KeyStore::Redis { client, wake } => {
                 let mut c = Self::connect(client)?;
@@ -265,8 +257,7 @@ impl KeyStore {
                 };
                 k.key_sha256 = digest;
                 let rec = k.clone();
-                keys.store(Arc::new(next.clone()));
-                auth.rebuild(&next, auth.table.load().rev + 1);
+                install(keys, auth, next);
                 Ok((key, rec))
             }
             KeyStore::Redis { client, wake } => {
@@ -302,6 +293,12 @@ impl KeyStore {
     pub fn list(&self) -> Result<Vec<StoredKey>, AdminError> {
         self.stored()
     }
+}
+
+/// Memory store: makes `next` the run-time keys and rebuilds the table.
+fn install(keys: &ArcSwap<Vec<StoredKey>>, auth: &Auth, next: Vec<StoredKey>) {
+    auth.rebuild(&next, auth.table.load().rev + 1);
+    keys.store(Arc::new(next));
 }
 
 fn store_err(e: redis::RedisError) -> AdminError {

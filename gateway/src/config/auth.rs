@@ -123,7 +123,8 @@ fn model_limits_at(
     out
 }
 
-fn valid_id(s: &str) -> bool {
+/// Key and tenant ids: 1-64 characters of letters, digits, `-`, `_`, `.`.
+pub fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
