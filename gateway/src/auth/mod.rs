@@ -36,8 +36,6 @@ pub struct Tenant {
     pub id: Arc<str>,
     /// Allowed model patterns for all its keys; `None` = all.
     pub models: Option<Vec<Glob>>,
-    /// Its limits, as configured.
-    pub spec: LimitSpec,
     /// Its counters, when it has limits.
     pub counters: Option<Arc<Counters>>,
     /// Per-model counters, by route name.
@@ -64,8 +62,6 @@ pub struct KeyEntry {
     pub models: Option<Vec<Glob>>,
     /// Its limits, as configured.
     pub spec: LimitSpec,
-    /// Per-model limits, as configured.
-    pub model_specs: Vec<(String, LimitSpec)>,
     /// Its counters, when it has limits.
     pub counters: Option<Arc<Counters>>,
     /// Per-model counters, by route name.
@@ -210,18 +206,15 @@ impl Auth {
     pub fn rebuild(&self, stored: &[StoredKey], rev: u64) {
         let old = self.table.load_full();
         let lf = self.cfg.lease_fraction;
-        let counters = |scope: String,
-                        spec: &LimitSpec,
-                        prev: Option<(&LimitSpec, &Option<Arc<Counters>>)>| {
+        // Counters are kept across rebuilds while their limits are unchanged.
+        let counters = |scope: String, spec: &LimitSpec, prev: Option<&Arc<Counters>>| {
             if spec.is_empty() {
                 return None;
             }
-            if let Some((p, Some(c))) = prev
-                && p == spec
-            {
-                return Some(c.clone());
+            match prev {
+                Some(c) if c.spec == *spec => Some(c.clone()),
+                _ => Some(Arc::new(Counters::new(scope, spec, lf))),
             }
-            Some(Arc::new(Counters::new(scope, spec, lf)))
         };
         let model_counters = |prefix: &str,
                               specs: &[(String, LimitSpec)],
@@ -235,7 +228,7 @@ impl Auth {
                     let keep = prev
                         .iter()
                         .find(|(_, c)| *c.scope == *scope)
-                        .filter(|(_, c)| same_spec(c, s))
+                        .filter(|(_, c)| c.spec == *s)
                         .map(|(n, c)| (n.clone(), c.clone()));
                     keep.unwrap_or_else(|| {
                         (Arc::from(m.as_str()), Arc::new(Counters::new(scope, s, lf)))
@@ -255,11 +248,10 @@ impl Auth {
                         .models
                         .as_ref()
                         .map(|m| m.iter().map(|p| Glob::new(p)).collect()),
-                    spec: t.limits.clone(),
                     counters: counters(
                         format!("tenant:{}", t.id),
                         &t.limits,
-                        prev.map(|p| (&p.spec, &p.counters)),
+                        prev.and_then(|p| p.counters.as_ref()),
                     ),
                     model_counters: model_counters(
                         &format!("tenant:{}", t.id),
@@ -288,7 +280,6 @@ impl Auth {
                     Arc::new(Tenant {
                         id: Arc::from(k.tenant.as_str()),
                         models: None,
-                        spec: LimitSpec::default(),
                         counters: None,
                         model_counters: Vec::new(),
                     })
@@ -304,11 +295,10 @@ impl Auth {
                     .as_ref()
                     .map(|m| m.iter().map(|p| Glob::new(p)).collect()),
                 spec: k.limits.clone(),
-                model_specs: k.model_limits.clone(),
                 counters: counters(
                     format!("key:{}", k.id),
                     &k.limits,
-                    prev.map(|p| (&p.spec, &p.counters)),
+                    prev.and_then(|p| p.counters.as_ref()),
                 ),
                 model_counters: model_counters(
                     &format!("key:{}", k.id),
@@ -325,17 +315,6 @@ impl Auth {
         table.tenants = tenants;
         self.table.store(Arc::new(table));
     }
-}
-
-fn same_spec(c: &Counters, s: &LimitSpec) -> bool {
-    let fresh = Counters::new("", s, 0.0);
-    fresh.windows.len() == c.windows.len()
-        && fresh
-            .windows
-            .iter()
-            .zip(&c.windows)
-            .all(|((k1, w1), (k2, w2))| k1 == k2 && w1.limit == w2.limit && w1.period == w2.period)
-        && fresh.streams.as_ref().map(|g| g.max) == c.streams.as_ref().map(|g| g.max)
 }
 
 #[cfg(test)]

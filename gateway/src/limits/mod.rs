@@ -108,6 +108,8 @@ impl Kind {
 pub struct Counters {
     /// `key:<id>`, `tenant:<id>`, with `/<model>` for a per-model scope.
     pub scope: Arc<str>,
+    /// The limits these counters enforce.
+    pub spec: LimitSpec,
     /// Windows with their kind.
     pub windows: Vec<(Kind, Window)>,
     /// Concurrent streams.
@@ -132,6 +134,7 @@ impl Counters {
         }
         Counters {
             scope: scope.into(),
+            spec: spec.clone(),
             windows,
             streams: spec.max_streams.map(Gauge::new),
         }
