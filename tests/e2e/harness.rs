@@ -167,22 +167,12 @@ pub fn gateway(config: &str, envs: &[(&str, &str)]) -> Proc {
     let text = config.replace("{listen}", &addr.to_string());
     let dir = tmpdir();
     let path = dir.join("tollgate.toml");
-    std::fs::write(&path, &text).unwrap();
+    std::fs::write(&path, text).unwrap();
     let p = path.to_string_lossy().into_owned();
     let mut all = vec![("TG_ADMIN_TOKEN", ADMIN_TOKEN)];
     all.extend_from_slice(envs);
     let mut g = spawn(&["serve", "--config", &p], &all, addr);
     wait_ready(&mut g, "/healthz");
-    // The admin listener starts after the workers answer: wait for it too.
-    let admin = text
-        .split_once("admin_listen = \"")
-        .and_then(|(_, rest)| rest.split_once('"'))
-        .and_then(|(a, _)| a.parse::<SocketAddr>().ok());
-    if let Some(admin) = admin {
-        let main = std::mem::replace(&mut g.addr, admin);
-        wait_ready(&mut g, "/healthz");
-        g.addr = main;
-    }
     g
 }
 

@@ -4,7 +4,7 @@
 //! the client port. Key management and limits: `admin_keys.rs`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -16,8 +16,13 @@ use crate::error::{Error, Kind};
 use crate::http::response::{Local, error, full};
 use crate::http::{Method, request};
 
-/// Starts the admin thread; returns once it listens.
-pub fn spawn(addr: SocketAddr, shared: Arc<Shared>, driver: Driver) -> std::io::Result<()> {
+/// Starts the admin thread; returns once it listens. `driver` is the
+/// workers' driver, set once they run (shown by `/status`).
+pub fn spawn(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    driver: Arc<OnceLock<Driver>>,
+) -> std::io::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
     std::thread::Builder::new()
         .name("tollgate-admin".into())
@@ -35,6 +40,7 @@ pub fn spawn(addr: SocketAddr, shared: Arc<Shared>, driver: Driver) -> std::io::
                 loop {
                     if let Ok((s, _)) = l.accept().await {
                         let shared = shared.clone();
+                        let driver = driver.get().copied();
                         monoio::spawn(async move { serve(s, &shared, driver).await });
                     }
                 }
@@ -47,7 +53,7 @@ pub fn spawn(addr: SocketAddr, shared: Arc<Shared>, driver: Driver) -> std::io::
         .map_err(|_| std::io::Error::other("admin thread exited"))?
 }
 
-async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
+async fn serve(mut s: TcpStream, shared: &Shared, driver: Option<Driver>) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let head = loop {
@@ -160,7 +166,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Driver) {
                     "version": env!("CARGO_PKG_VERSION"),
                     "config": cfg.source.display().to_string(),
                     "workers": cfg.server.workers,
-                    "driver": driver.name(),
+                    "driver": driver.map_or("starting", Driver::name),
                     "uptime_s": shared.started.elapsed().as_secs(),
                     "models": cfg.routes.len(),
                     "upstreams": upstreams,

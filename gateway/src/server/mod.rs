@@ -114,6 +114,14 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         upstreams,
         started: Instant::now(),
     });
+    // The admin listener is up before any worker accepts, so a node that
+    // answers on its client port also answers on its admin port. `/status`
+    // shows the workers' driver once they report it.
+    let worker_driver = Arc::new(std::sync::OnceLock::new());
+    if let Some(addr) = cfg.server.admin_listen {
+        admin::spawn(addr, shared.clone(), worker_driver.clone())
+            .context("starting the admin listener")?;
+    }
     let workers = cfg.server.workers;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Driver, String>>();
@@ -171,9 +179,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         return Err(anyhow!(e));
     }
     let driver = drivers.first().copied().unwrap_or(Driver::Legacy);
-    if let Some(addr) = cfg.server.admin_listen {
-        admin::spawn(addr, shared.clone(), driver).context("starting the admin listener")?;
-    }
+    let _ = worker_driver.set(driver);
     tracing::info!(
         listen = %cfg.server.listen,
         workers,
