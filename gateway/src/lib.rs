@@ -16,6 +16,7 @@ pub mod mock;
 pub mod route;
 pub mod server;
 pub mod sse;
+pub mod store_link;
 mod sys;
 pub mod telemetry;
 pub mod tokens;

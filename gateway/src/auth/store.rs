@@ -22,6 +22,7 @@ use super::keys::{from_hex, generate, hash, to_hex};
 use crate::config::auth::{KeyConfig, limit_spec, valid_id};
 use crate::config::raw::RawLimits;
 use crate::limits::period::wall_ms;
+use crate::store_link::{Change, StoreLink};
 
 /// How often each node reads the key revision.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -316,37 +317,21 @@ fn wait_for(auth: &Auth, wake: &SyncSender<()>, rev: u64) {
 }
 
 fn sync(client: redis::Client, auth: Arc<Auth>, wake: Receiver<()>) {
-    let mut conn: Option<redis::Connection> = None;
-    let mut healthy = true;
+    let mut link = StoreLink::new(client, Duration::from_secs(1), Duration::from_secs(2));
     let mut loaded = false;
     loop {
         match wake.recv_timeout(POLL) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        if conn.is_none() {
-            conn = KeyStore::connect(&client).ok();
-        }
-        let r = match conn.as_mut() {
-            Some(c) => reload(c, &auth, &mut loaded),
-            None => Err(redis::RedisError::from(std::io::Error::other(
-                "cannot connect",
-            ))),
-        };
-        match r {
-            Ok(()) => {
-                if !healthy {
-                    tracing::info!(target: "tollgate::auth", "store reachable again: keys in sync");
-                }
-                healthy = true;
+        match link.call(|c| reload(c, &auth, &mut loaded)) {
+            (Err(e), Change::Down) => {
+                tracing::warn!(target: "tollgate::auth", error = %e, "store unreachable: keeping the last known keys");
             }
-            Err(e) => {
-                if healthy {
-                    tracing::warn!(target: "tollgate::auth", error = %e, "store unreachable: keeping the last known keys");
-                }
-                healthy = false;
-                conn = None;
+            (_, Change::Up) => {
+                tracing::info!(target: "tollgate::auth", "store reachable again: keys in sync");
             }
+            _ => {}
         }
     }
 }

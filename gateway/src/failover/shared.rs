@@ -17,6 +17,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::breaker::{Breaker, now_ms};
+use crate::store_link::{Change, StoreLink};
 
 /// How often shared state is read.
 pub const POLL: Duration = Duration::from_millis(200);
@@ -64,8 +65,8 @@ pub fn start(url: &str, breakers: Vec<Shared>) -> Result<BreakerSync, String> {
 }
 
 fn run(client: redis::Client, breakers: Vec<Shared>, rx: Receiver<(usize, Duration)>) {
-    let mut conn: Option<redis::Connection> = None;
-    let mut healthy = true;
+    let second = Duration::from_secs(1);
+    let mut link = StoreLink::new(client, second, second);
     let keys: Vec<&str> = breakers.iter().map(|b| b.key.as_str()).collect();
     loop {
         // Wait for a trip or the next poll, whichever comes first.
@@ -76,36 +77,14 @@ fn run(client: redis::Client, breakers: Vec<Shared>, rx: Receiver<(usize, Durati
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
         trips.extend(rx.try_iter());
-        if conn.is_none() {
-            conn = client
-                .get_connection_with_timeout(Duration::from_secs(1))
-                .ok()
-                .inspect(|c| {
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
-                    let _ = c.set_write_timeout(Some(Duration::from_secs(1)));
-                });
-        }
-        let Some(c) = conn.as_mut() else {
-            if healthy {
-                tracing::warn!(target: "tollgate::breaker", "store unreachable: breakers are per node until it is back");
-                healthy = false;
+        match link.call(|c| sync(c, &breakers, &keys, &trips)) {
+            (Err(e), Change::Down) => {
+                tracing::warn!(target: "tollgate::breaker", error = %e, "store unreachable: breakers are per node until it is back");
             }
-            continue;
-        };
-        match sync(c, &breakers, &keys, &trips) {
-            Ok(()) => {
-                if !healthy {
-                    tracing::info!(target: "tollgate::breaker", "store reachable again: breakers shared");
-                }
-                healthy = true;
+            (_, Change::Up) => {
+                tracing::info!(target: "tollgate::breaker", "store reachable again: breakers shared");
             }
-            Err(e) => {
-                if healthy {
-                    tracing::warn!(target: "tollgate::breaker", error = %e, "store error: breakers are per node until it is back");
-                }
-                healthy = false;
-                conn = None;
-            }
+            _ => {}
         }
     }
 }

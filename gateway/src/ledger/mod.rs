@@ -50,7 +50,7 @@ pub mod record;
 pub mod redis;
 pub mod spool;
 #[cfg(test)]
-mod testredis;
+pub(crate) mod testredis;
 mod writer;
 
 use std::fmt::Write as _;

@@ -25,6 +25,7 @@ use std::time::Duration;
 use super::period::wall_ms;
 use super::window::{Allow, Ask};
 use super::{Counters, Limiter};
+use crate::store_link::{Change, StoreLink};
 
 /// Longest time between two rounds.
 pub const ROUND: Duration = Duration::from_millis(100);
@@ -63,8 +64,11 @@ pub struct LeaseThread {
 impl LeaseThread {
     /// Runs until the limiter is dropped.
     pub fn run(self) {
-        let mut conn: Option<redis::Connection> = None;
-        let mut healthy = true;
+        let mut link = StoreLink::new(
+            self.client.clone(),
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+        );
         loop {
             match self.wake.recv_timeout(ROUND) {
                 Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -82,47 +86,27 @@ impl LeaseThread {
                         .filter_map(move |(i, (_, w))| w.ask(now).map(|a| (&**c, i, a)))
                 })
                 .collect();
-            if asks.is_empty() && healthy {
+            if asks.is_empty() && link.healthy() {
                 continue;
             }
-            if conn.is_none() {
-                conn = self
-                    .client
-                    .get_connection_with_timeout(Duration::from_millis(500))
-                    .ok()
-                    .inspect(|c| {
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
-                        let _ = c.set_write_timeout(Some(Duration::from_secs(1)));
-                    });
-            }
-            let result = match conn.as_mut() {
-                Some(c) => round(c, &asks),
-                None => Err(redis::RedisError::from(std::io::Error::other(
-                    "cannot connect",
-                ))),
-            };
-            match result {
-                Ok(()) => {
-                    if !healthy {
-                        tracing::info!(target: "tollgate::limits", "store reachable again: limits shared");
-                    }
-                    healthy = true;
-                    self.limiter.set_allow(Allow::Shared);
+            let (result, change) = link.call(|c| round(c, &asks));
+            match (&result, change) {
+                (Err(e), Change::Down) => tracing::warn!(
+                    target: "tollgate::limits",
+                    error = %e,
+                    policy = if self.down == Allow::Closed { "fail_closed" } else { "fail_open" },
+                    "store unreachable: limits are per node until it is back"
+                ),
+                (_, Change::Up) => {
+                    tracing::info!(target: "tollgate::limits", "store reachable again: limits shared");
                 }
-                Err(e) => {
-                    if healthy {
-                        tracing::warn!(
-                            target: "tollgate::limits",
-                            error = %e,
-                            policy = if self.down == Allow::Closed { "fail_closed" } else { "fail_open" },
-                            "store unreachable: limits are per node until it is back"
-                        );
-                    }
-                    healthy = false;
-                    conn = None;
-                    self.limiter.set_allow(self.down);
-                }
+                _ => {}
             }
+            self.limiter.set_allow(if result.is_ok() {
+                Allow::Shared
+            } else {
+                self.down
+            });
         }
     }
 }
