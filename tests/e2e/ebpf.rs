@@ -79,6 +79,7 @@ fn dead_upstream(ebpf: &str) -> DeadUpstream {
     for m in ["m1", "m2", "m3"] {
         assert_eq!(ask(m).header("x-tollgate-upstream"), Some("primary"));
     }
+    let primary_addr = primary.addr;
     drop(primary);
     let t0 = Instant::now();
     let mut touched = 0;
@@ -107,6 +108,25 @@ fn dead_upstream(ebpf: &str) -> DeadUpstream {
     }
     let elapsed = t0.elapsed();
     if ebpf == "on" {
+        // Which path crossed each breaker's threshold above (the request's
+        // own failure or the kernel's) is a race. With no requests at all:
+        // close the breakers, then three refused connects from this test
+        // (the kernel view is per host) must open all three by themselves.
+        for m in ["m1", "m2", "m3"] {
+            let r = request(
+                admin,
+                &post(&format!("/breakers/{m}/primary/close"), "", ""),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        for _ in 0..3 {
+            assert!(std::net::TcpStream::connect(primary_addr).is_err());
+        }
+        assert!(
+            eventually(Duration::from_secs(3), || all_open(admin)),
+            "kernel signals alone did not open the breakers: {:?}",
+            breaker_states(admin)
+        );
         // The log writer is asynchronous: wait for the line.
         assert!(
             eventually(Duration::from_secs(3), || g
