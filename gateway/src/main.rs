@@ -169,3 +169,6 @@ fn run_mock(a: MockArgs) -> anyhow::Result<()> {
     let _ = signals.forever().next();
     Ok(())
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

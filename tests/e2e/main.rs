@@ -898,6 +898,12 @@ targets = [{ upstream = "a" }]
         err.contains("server") && err.contains("unknown field `wokers`"),
         "{err}"
     );
+    let (code, err, _) = check_config("[server]\nio_uring_task_run = \"eager\"\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("server.io_uring_task_run: unknown mode `eager`"),
+        "{err}"
+    );
     let (code, _, _) = check_config(
         "[[upstreams]]\nname = \"a\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[[models]]\nname = \"m\"\ntargets = [{ upstream = \"a\" }]\n",
     );

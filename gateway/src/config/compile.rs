@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::raw::{RawBreaker, RawConfig, RawUpstream};
 use super::{
     Config, ConfigError, DriverChoice, EbpfConfig, EbpfMode, LedgerConfig, Limits, LogConfig,
-    MockConfig, Provider, Secret, ServerConfig, StoreConfig, UpstreamConfig, duration,
+    MockConfig, Provider, Secret, ServerConfig, StoreConfig, TaskRun, UpstreamConfig, duration,
 };
 use crate::failover::{Breaker, BreakerConfig, Cond};
 use crate::route::{Fallback, ModelSpec, RouteTable, Target};
@@ -92,6 +92,18 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
             DriverChoice::Auto
         }
     };
+    let task_run = match s.io_uring_task_run.as_deref().unwrap_or("defer") {
+        "defer" => TaskRun::Defer,
+        "coop" => TaskRun::Coop,
+        "interrupt" => TaskRun::Interrupt,
+        other => {
+            errs.push(
+                "server.io_uring_task_run",
+                format!("unknown mode `{other}`; use defer, coop or interrupt"),
+            );
+            TaskRun::Defer
+        }
+    };
     let d = Limits::default();
     let limits = Limits {
         max_header_bytes: positive(
@@ -115,6 +127,7 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
         admin_listen,
         workers,
         driver,
+        task_run,
         pin_cpus: s.pin_cpus.unwrap_or(false),
         limits,
         shutdown_grace: errs.duration(

@@ -182,6 +182,10 @@ pub struct RawServer {
     pub workers: Option<usize>,
     /// `auto` (io_uring, else legacy epoll), `io_uring` or `legacy`. Default `auto`.
     pub driver: Option<String>,
+    /// When io_uring runs completion work: `defer` (at the worker's next
+    /// wait), `coop` (at its next kernel entry) or `interrupt` (at once,
+    /// by an IPI). Default `defer`.
+    pub io_uring_task_run: Option<String>,
     /// Pin worker N to CPU N (mod core count). Default false.
     pub pin_cpus: Option<bool>,
     /// Largest request head in bytes (431 above). Default 16384.

@@ -90,17 +90,21 @@ pub fn spawn(opts: MockOptions) -> std::io::Result<Vec<std::thread::JoinHandle<(
                         }
                     }
                     let ready2 = ready.clone();
-                    let ran = crate::server::run_on_runtime(DriverChoice::Auto, |_| async move {
-                        match crate::server::bind(opts.listen) {
-                            Ok(l) => {
-                                let _ = ready2.send(Ok(()));
-                                server::accept_loop(l, opts, stats).await;
+                    let ran = crate::server::run_on_runtime(
+                        DriverChoice::Auto,
+                        crate::config::TaskRun::Defer,
+                        |_| async move {
+                            match crate::server::bind(opts.listen) {
+                                Ok(l) => {
+                                    let _ = ready2.send(Ok(()));
+                                    server::accept_loop(l, opts, stats).await;
+                                }
+                                Err(e) => {
+                                    let _ = ready2.send(Err(e));
+                                }
                             }
-                            Err(e) => {
-                                let _ = ready2.send(Err(e));
-                            }
-                        }
-                    });
+                        },
+                    );
                     if let Err(e) = ran {
                         let _ = ready.send(Err(e));
                     }

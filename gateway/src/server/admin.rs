@@ -11,7 +11,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use super::worker::{Driver, Shared, bind, run_on_runtime};
-use crate::config::DriverChoice;
+use crate::config::{DriverChoice, TaskRun};
 use crate::error::{Error, Kind};
 use crate::http::response::{Local, error, full};
 use crate::http::{Method, request};
@@ -28,7 +28,7 @@ pub fn spawn(
         .name("tollgate-admin".into())
         .spawn(move || {
             let tx2 = tx.clone();
-            let ran = run_on_runtime(DriverChoice::Legacy, |_| async move {
+            let ran = run_on_runtime(DriverChoice::Legacy, TaskRun::Interrupt, |_| async move {
                 let l = match bind(addr) {
                     Ok(l) => l,
                     Err(e) => {

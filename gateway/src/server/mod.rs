@@ -141,7 +141,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
                 }
                 let ready2 = ready.clone();
                 let listen = s.listen;
-                let ran = run_on_runtime(s.driver, |driver| async move {
+                let ran = run_on_runtime(s.driver, s.task_run, |driver| async move {
                     match bind(listen) {
                         Ok(l) => {
                             let _ = ready2.send(Ok(driver));

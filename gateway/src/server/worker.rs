@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use monoio::net::{ListenerOpts, TcpListener};
 
 use super::drain::Drain;
-use crate::config::{Config, DriverChoice};
+use crate::config::{Config, DriverChoice, TaskRun};
 use crate::route::Picker;
 use crate::upstream::{Pool, UpstreamRuntime};
 
@@ -133,7 +133,13 @@ impl Driver {
 
 /// Runs `f` on a new monoio runtime of the chosen driver; returns which
 /// driver ran. Used by gateway workers, the admin thread and the mock.
-pub fn run_on_runtime<F, Fut>(choice: DriverChoice, f: F) -> std::io::Result<Driver>
+/// `task_run` picks when io_uring completion work runs; a kernel too old
+/// for a mode gets the next weaker one (defer → coop → interrupt).
+pub fn run_on_runtime<F, Fut>(
+    choice: DriverChoice,
+    task_run: TaskRun,
+    f: F,
+) -> std::io::Result<Driver>
 where
     F: FnOnce(Driver) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -141,11 +147,37 @@ where
     const ENTRIES: u32 = 1024;
     let try_uring = matches!(choice, DriverChoice::Auto | DriverChoice::IoUring);
     if try_uring {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(ENTRIES)
-            .enable_timer()
-            .build()
-        {
+        let mut mode = task_run;
+        let built = loop {
+            let mut urb = io_uring::IoUring::builder();
+            match mode {
+                TaskRun::Defer => {
+                    urb.setup_single_issuer().setup_defer_taskrun();
+                }
+                TaskRun::Coop => {
+                    urb.setup_coop_taskrun().setup_taskrun_flag();
+                }
+                TaskRun::Interrupt => {}
+            }
+            let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(ENTRIES)
+                .uring_builder(urb)
+                .enable_timer()
+                .build();
+            let weaker = match mode {
+                TaskRun::Defer => TaskRun::Coop,
+                TaskRun::Coop => TaskRun::Interrupt,
+                TaskRun::Interrupt => break built,
+            };
+            match built {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::info!(?mode, fallback = ?weaker, "the kernel refused this io_uring task-run mode");
+                    mode = weaker;
+                }
+                other => break other,
+            }
+        };
+        match built {
             Ok(mut rt) => {
                 rt.block_on(f(Driver::IoUring));
                 return Ok(Driver::IoUring);
@@ -242,5 +274,49 @@ async fn sweep_pools(worker: Rc<Worker>) {
             .pool
             .borrow_mut()
             .sweep(|i| ups.get(i).map_or(Duration::ZERO, |u| u.cfg.idle_timeout));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
+
+    /// Every task-run mode moves bytes over real TCP and wakes on a
+    /// waker fired from another thread (how shutdown reaches a worker).
+    #[test]
+    fn every_task_run_mode_serves_io_and_foreign_wakeups() {
+        for mode in [TaskRun::Defer, TaskRun::Coop, TaskRun::Interrupt] {
+            let (tx, rx) = futures_channel::oneshot::channel::<u32>();
+            let sender = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                let _ = tx.send(7);
+            });
+            let mut echoed = Vec::new();
+            let mut woke = None;
+            let ran = run_on_runtime(DriverChoice::Auto, mode, |_| async {
+                let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                let addr = listener.local_addr().unwrap();
+                let server = monoio::spawn(async move {
+                    let (mut s, _) = listener.accept().await.unwrap();
+                    let (r, buf) = s.read_exact(vec![0u8; 5]).await;
+                    r.unwrap();
+                    let (r, _) = s.write_all(buf).await;
+                    r.unwrap();
+                });
+                let mut c = monoio::net::TcpStream::connect(addr).await.unwrap();
+                let (r, _) = c.write_all(b"hello".to_vec()).await;
+                r.unwrap();
+                let (r, buf) = c.read_exact(vec![0u8; 5]).await;
+                r.unwrap();
+                echoed = buf;
+                server.await;
+                woke = rx.await.ok();
+            })
+            .unwrap();
+            sender.join().unwrap();
+            assert_eq!(echoed, b"hello", "{mode:?} on {ran:?}");
+            assert_eq!(woke, Some(7), "{mode:?} on {ran:?}");
+        }
     }
 }
