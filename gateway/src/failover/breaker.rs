@@ -23,7 +23,7 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::class::Effect;
 
@@ -125,10 +125,12 @@ pub enum Transition {
     Closed,
 }
 
-/// Milliseconds on a process-wide monotonic clock.
+/// Milliseconds on a process-wide monotonic clock (coarse: a few ms of
+/// resolution), never 0.
 pub fn now_ms() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    static BASE: OnceLock<u64> = OnceLock::new();
+    let now = crate::sys::coarse_mono_ms();
+    now.saturating_sub(*BASE.get_or_init(|| now)) + 1
 }
 
 /// One breaker.

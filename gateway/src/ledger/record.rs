@@ -252,11 +252,9 @@ pub fn parse_day(s: &str) -> Option<u32> {
     (day_string(n) == s).then_some(n)
 }
 
-/// Wall clock, ms since the Unix epoch.
+/// Wall clock, ms since the Unix epoch (coarse: a few ms of resolution).
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::sys::coarse_wall_ms()
 }
 
 #[cfg(test)]

@@ -7,8 +7,6 @@
 //! fixed-window burst (up to twice the limit across a boundary), which is
 //! what OpenAI's own per-minute limits also allow.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 const MINUTE_MS: u64 = 60_000;
 const DAY_MS: u64 = 86_400_000;
 
@@ -75,9 +73,7 @@ impl Period {
 
 /// Wall clock in Unix ms.
 pub fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::sys::coarse_wall_ms()
 }
 
 /// `YYYY-MM-DD` of a Unix-ms instant (UTC).

@@ -276,7 +276,7 @@ impl Accountant {
         let usage = if self.stream {
             self.usage
         } else {
-            body_usage(&self.body)
+            crate::usage::body::body_usage(&self.body)
         };
         if let Some(u) = usage {
             return Tally {
@@ -333,28 +333,6 @@ fn usage_event(rid: &str, served: &str, object: &str, prompt: u64, completion: u
         "x_tollgate_usage_source": "estimated",
     });
     format!("data: {v}\n\n").into_bytes()
-}
-
-#[derive(serde::Deserialize)]
-struct BodyUsage {
-    usage: Option<UsageFields>,
-}
-
-#[derive(serde::Deserialize)]
-struct UsageFields {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-}
-
-/// `usage` of a non-streaming JSON response.
-fn body_usage(body: &[u8]) -> Option<Usage> {
-    let b: BodyUsage = serde_json::from_slice(body).ok()?;
-    b.usage.map(|u| Usage {
-        prompt: u.prompt_tokens,
-        completion: u.completion_tokens,
-    })
 }
 
 /// The generated text of a non-streaming response (message content,

@@ -8,6 +8,7 @@
 //! relaxed atomic adds, the billing ledger (`crate::ledger`) a `try_send`
 //! into a bounded queue that spills to disk when full.
 
+pub mod body;
 pub mod metrics;
 
 use std::sync::Arc;
