@@ -204,11 +204,14 @@ fn redis_totals_equal_the_usage_clients_received() {
         assert_eq!(t["models"]["gpt-4o"]["completion_tokens"], want.completion);
     }
     assert_eq!(admin_get(admin, "/admin/usage?day=2025-02-30").status, 400);
-    let metrics = request(admin, &get("/metrics")).text();
-    assert!(
-        metrics.contains("tollgate_ledger_written_total 3000"),
-        "{metrics}"
-    );
+    // The writer counts a batch once Redis acknowledged it, a moment after
+    // the totals are visible there.
+    let mut metrics = String::new();
+    let counted = eventually(Duration::from_secs(5), || {
+        metrics = request(admin, &get("/metrics")).text();
+        metrics.contains("tollgate_ledger_written_total 3000")
+    });
+    assert!(counted, "{metrics}");
     assert!(metrics.contains("tollgate_ledger_lost_total 0"));
     assert!(metrics.contains("tollgate_ledger_queue_depth 0"));
     // Nothing went through the spool.

@@ -1,8 +1,9 @@
 //! Per-request token accounting on the response path.
 //!
 //! The accountant looks at the payload the relay forwards: for streams it
-//! runs the SSE scanner and decoder over it (collecting the generated text
-//! and the provider's `usage`), for other responses it keeps the (bounded)
+//! runs the SSE scanner over it, reads the provider's `usage` and `[DONE]`
+//! at once and keeps the generated text for later (`sse::deferred`: decoded
+//! only if it is ever counted); for other responses it keeps the (bounded)
 //! body to read `usage` at the end. When the provider's usage is missing
 //! (cut stream, client gone, provider without usage) it counts the text
 //! with the model's encoder and marks the numbers estimated.
@@ -21,15 +22,13 @@
 
 use std::sync::Arc;
 
-use crate::sse::decode::decode_event;
+use crate::sse::deferred::DeferredText;
 use crate::sse::{Decoded, Scanner, Usage};
 use crate::tokens::Encoding;
 use crate::usage::Source;
 
 /// Carry-over cap for one SSE event split across reads.
 const MAX_EVENT: usize = 1024 * 1024;
-/// Generated text kept for estimation.
-const MAX_TEXT: usize = 16 * 1024 * 1024;
 /// Non-streaming body kept to read `usage`.
 const MAX_BODY: usize = 8 * 1024 * 1024;
 
@@ -61,7 +60,7 @@ pub struct Accountant {
     stream: bool,
     prompt_estimate: Option<u64>,
     scanner: Option<Scanner>,
-    text: String,
+    text: DeferredText,
     usage: Option<Usage>,
     saw_done: bool,
     body: Vec<u8>,
@@ -93,7 +92,7 @@ impl Accountant {
             stream,
             prompt_estimate,
             scanner: None,
-            text: String::new(),
+            text: DeferredText::default(),
             usage: None,
             saw_done: false,
             body: Vec::new(),
@@ -175,7 +174,7 @@ impl Accountant {
                     f.extend_from_slice(p);
                 }
                 scanner.feed(p, |ev| {
-                    let d = decode_event(&ev, |t| push_text(text, t));
+                    let d = text.event(&ev);
                     note(&d, usage, saw_done);
                 });
             }
@@ -191,7 +190,7 @@ impl Accountant {
                 let prompt = self.prompt_estimate.unwrap_or(0);
                 let (rid, served, object) = (&*self.request_id, &*self.served, self.chunk_object);
                 scanner.feed(p, |ev| {
-                    let d = decode_event(&ev, |t| push_text(text, t));
+                    let d = text.event(&ev);
                     let drop_it = rw.strip_usage && d.usage_only;
                     let add_before = rw.add_usage && d.done && usage.is_none();
                     note(&d, usage, saw_done);
@@ -202,7 +201,7 @@ impl Accountant {
                         out.extend_from_slice(&rw.pending[from..rel(ev.start)]);
                     } else if add_before {
                         out.extend_from_slice(&rw.pending[from..rel(ev.start)]);
-                        let completion = enc.map_or(0, |e| e.count(text) as u64);
+                        let completion = enc.map_or(0, |e| e.count(text.text()) as u64);
                         *added_count = Some(completion);
                         out.extend_from_slice(&usage_event(
                             rid, served, object, prompt, completion,
@@ -253,7 +252,7 @@ impl Accountant {
         let usage = &mut self.usage;
         let saw_done = &mut self.saw_done;
         scanner.finish(|ev| {
-            let d = decode_event(&ev, |t| push_text(text, t));
+            let d = text.event(&ev);
             note(&d, usage, saw_done);
         });
         if let (Some(rw), Some(f)) = (self.rewrite.as_mut(), fwd) {
@@ -263,7 +262,7 @@ impl Accountant {
     }
 
     /// The numbers for the usage record.
-    pub fn tally(&self) -> Tally {
+    pub fn tally(&mut self) -> Tally {
         let ok = self.status.is_some_and(|s| (200..300).contains(&s));
         if !ok {
             // The provider answered with an error (or never answered): it
@@ -286,7 +285,7 @@ impl Accountant {
         }
         let completion = match (self.added_count, self.enc) {
             (Some(c), _) => c,
-            (None, Some(e)) if self.stream => e.count(&self.text) as u64,
+            (None, Some(e)) if self.stream => e.count(self.text.text()) as u64,
             (None, Some(e)) => body_text(&self.body).map_or(0, |t| e.count(&t) as u64),
             (None, None) => 0,
         };
@@ -294,13 +293,6 @@ impl Accountant {
             prompt: (self.prompt_estimate.unwrap_or(0), Source::Estimated),
             completion: (completion, Source::Estimated),
         }
-    }
-}
-
-/// Appends generated text, up to the estimation cap.
-fn push_text(text: &mut String, t: &str) {
-    if text.len() + t.len() <= MAX_TEXT {
-        text.push_str(t);
     }
 }
 

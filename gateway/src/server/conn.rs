@@ -30,7 +30,7 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
     // idle keep-alive connection holds just its read buffer.
     let mut out: Vec<u8> = Vec::new();
     loop {
-        let head = match read_head(w, &mut cin).await {
+        let (head, started) = match read_head(w, &mut cin).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {
@@ -48,7 +48,6 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
             }
         };
         let keep_alive = head.keep_alive && !w.drain.is_raised();
-        let started = Instant::now();
         let path = head.path(cin.buf());
         let endpoint = Endpoint::from_path(path);
         let log_path = if w.cfg().log.access {
@@ -76,6 +75,7 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
                         ep,
                         &rid,
                         keep_alive,
+                        started,
                         &mut route_log,
                     ))
                     .await
@@ -166,20 +166,24 @@ async fn respond_error(wr: &mut ClientOut, out: &mut Vec<u8>, e: &Error, rid: &[
     out.clear();
 }
 
-/// Waits for a complete head. `Ok(None)`: the client closed (or went idle
-/// past the timeout, or the worker drains) between requests.
-async fn read_head(w: &Worker, cin: &mut ClientIn) -> Result<Option<RequestHead>, Error> {
+/// Waits for a complete head; returns it with the time its first byte was
+/// seen. `Ok(None)`: the client closed (or went idle past the timeout, or
+/// the worker drains) between requests.
+async fn read_head(
+    w: &Worker,
+    cin: &mut ClientIn,
+) -> Result<Option<(RequestHead, Instant)>, Error> {
     let limits = w.cfg().server.limits;
     let mut first_byte_at: Option<Instant> = None;
     loop {
         if !cin.buf().is_empty() && !cin.in_flight() {
-            first_byte_at.get_or_insert_with(Instant::now);
+            let t0 = *first_byte_at.get_or_insert_with(Instant::now);
             match request::parse(cin.buf())? {
                 Some(h) => {
                     if h.len > limits.max_header_bytes {
                         return Err(header_too_large(limits.max_header_bytes));
                     }
-                    return Ok(Some(h));
+                    return Ok(Some((h, t0)));
                 }
                 None if cin.buf().len() > limits.max_header_bytes => {
                     return Err(header_too_large(limits.max_header_bytes));
@@ -262,7 +266,9 @@ async fn read_body(
     head: &RequestHead,
 ) -> Result<Body, Error> {
     let limits = w.cfg().server.limits;
-    let deadline = Instant::now() + limits.body_timeout;
+    // Set on the first wait: a body that came with its head reads no clock.
+    let mut deadline = None;
+    let mut deadline = || *deadline.get_or_insert_with(|| Instant::now() + limits.body_timeout);
     let too_large = || {
         Error::msg(
             Kind::BodyTooLarge,
@@ -284,7 +290,7 @@ async fn read_body(
                 send_continue(wr).await?;
             }
             while cin.buf().len() < end {
-                read_more(cin, deadline).await?;
+                read_more(cin, deadline()).await?;
             }
             Ok(Body::InBuf(head.len..end))
         }
@@ -322,7 +328,7 @@ async fn read_body(
                 if pos - head.len > 2 * limits.max_body_bytes + 64 * 1024 {
                     return Err(too_large());
                 }
-                read_more(cin, deadline).await?;
+                read_more(cin, deadline()).await?;
             }
         }
     }

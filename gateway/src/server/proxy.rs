@@ -145,9 +145,9 @@ pub async fn handle(
     ep: Endpoint,
     rid: &[u8],
     keep_alive: bool,
+    started: Instant,
     log: &mut RouteLog,
 ) -> Handled {
-    let started = Instant::now();
     let table = &w.cfg().routes;
     let key = match w.shared.auth.authenticate(cin.buf(), &head.headers) {
         Ok(k) => k,

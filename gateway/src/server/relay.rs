@@ -137,7 +137,7 @@ pub async fn relay(
             None
         };
         let reused = pooled.is_some();
-        let sent_at = Instant::now();
+        let sent_at = if stale == 0 { started } else { Instant::now() };
         let mut conn = match pooled {
             Some(c) => c,
             None => match UpConn::connect(up).await {

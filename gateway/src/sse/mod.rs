@@ -7,6 +7,7 @@
 //! across reads.
 
 pub mod decode;
+pub mod deferred;
 mod fast;
 pub mod scanner;
 

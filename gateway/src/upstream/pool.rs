@@ -6,15 +6,15 @@
 //! shared atomic slot per idle connection tells `take` which ones the
 //! kernel saw reset (`health::cookies`).
 
-use std::time::Instant;
-
 use super::UpConn;
 use crate::health::cookies;
 use crate::route::UpstreamId;
 
 struct Idle {
     conn: UpConn,
-    since: Instant,
+    /// When it went idle, `sys::coarse_mono_ms` (a few ms of resolution
+    /// are nothing against idle timeouts of seconds).
+    since_ms: u64,
 }
 
 /// The pools of one worker.
@@ -27,9 +27,10 @@ impl Pool {
     /// Takes the most recently used live connection, if any.
     pub fn take(&mut self, up: UpstreamId, idle_timeout: std::time::Duration) -> Option<UpConn> {
         let stack = self.idle.get_mut(up as usize)?;
-        let now = Instant::now();
+        let now = crate::sys::coarse_mono_ms();
+        let timeout = idle_timeout.as_millis() as u64;
         // Entries are in age order: the front is oldest.
-        let fresh = stack.partition_point(|i| now.duration_since(i.since) >= idle_timeout);
+        let fresh = stack.partition_point(|i| now.saturating_sub(i.since_ms) >= timeout);
         if fresh > 0 {
             for i in stack.drain(..fresh) {
                 cookies::forget(i.conn.cookie());
@@ -61,17 +62,17 @@ impl Pool {
         cookies::idle(conn.cookie());
         stack.push(Idle {
             conn,
-            since: Instant::now(),
+            since_ms: crate::sys::coarse_mono_ms(),
         });
     }
 
     /// Drops expired connections of every upstream; `timeout_of` gives the
     /// idle timeout per upstream id.
     pub fn sweep(&mut self, timeout_of: impl Fn(usize) -> std::time::Duration) {
-        let now = Instant::now();
+        let now = crate::sys::coarse_mono_ms();
         for (i, stack) in self.idle.iter_mut().enumerate() {
-            let t = timeout_of(i);
-            let fresh = stack.partition_point(|e| now.duration_since(e.since) >= t);
+            let t = timeout_of(i).as_millis() as u64;
+            let fresh = stack.partition_point(|e| now.saturating_sub(e.since_ms) >= t);
             for e in stack.drain(..fresh) {
                 cookies::forget(e.conn.cookie());
             }

@@ -16,6 +16,8 @@
 //! Anything else (no such key, a nested one, a value that is not an object
 //! or `null`) falls back to the full parse, which stays the reference.
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 
 use crate::sse::Usage;
@@ -61,7 +63,9 @@ fn full_parse(body: &[u8]) -> Option<Usage> {
 /// member; `None` when unsure.
 fn from_the_end(body: &[u8]) -> Option<Option<Usage>> {
     const KEY: &[u8] = b"\"usage\"";
-    let at = memmem::rfind(body, KEY)?;
+    static FINDER: LazyLock<memmem::FinderRev<'static>> =
+        LazyLock::new(|| memmem::FinderRev::new(KEY));
+    let at = FINDER.rfind(body)?;
     let escapes = body[..at].iter().rev().take_while(|&&b| b == b'\\').count();
     if escapes % 2 == 1 {
         return None;

@@ -1,0 +1,222 @@
+//! A stream's generated text, decoded only if it is ever read.
+//!
+//! Accounting reads the text of a stream only when the provider's usage
+//! does not come (a cut stream, a provider that sends none): then it counts
+//! it. Decoding every content delta as it passed was the largest user-space
+//! cost on streams (~0.2 µs per event) for text that is almost never read.
+//! So each event is classified with one search for a `"usage"` key: an
+//! event whose usage is present and not null (the provider's usage chunk,
+//! or per-event usage from vLLM's continuous stats) is decoded at once, as
+//! is `[DONE]`; every other event only carries text, and its data is held
+//! raw and decoded when the text is asked for.
+//!
+//! Exactness: a `"usage"` whose opening quote is not escaped is JSON
+//! structure (inside a string every quote is escaped), so text a model
+//! wrote can never make an event look like, or hide, a usage chunk; an
+//! escaped one only costs a full decode. The decoded text is the same as
+//! decoding each event as it comes, in the same order (tested).
+//!
+//! Memory: held data is bounded by [`HOLD_MAX`] per stream; past it the
+//! held events are decoded and their data dropped, so a long stream costs
+//! at most that much plus its text.
+
+use memchr::memmem;
+use std::sync::LazyLock;
+
+use super::decode::{Decoded, decode_event};
+use super::scanner::Event;
+
+/// Raw event data held per stream before it is decoded anyway.
+pub const HOLD_MAX: usize = 256 * 1024;
+
+/// Generated text kept for estimation.
+const MAX_TEXT: usize = 16 * 1024 * 1024;
+
+/// Text of a stream, decoded on demand.
+#[derive(Default)]
+pub struct DeferredText {
+    /// Data of text-only events not decoded yet: (length as u32 LE, bytes)*.
+    held: Vec<u8>,
+    text: String,
+}
+
+impl DeferredText {
+    /// Looks at one event: what accounting needs now is returned, its text
+    /// is kept for later.
+    pub fn event(&mut self, ev: &Event<'_>) -> Decoded {
+        let data = ev.data.as_ref();
+        let is_error = ev.event.as_deref() == Some(b"error");
+        if is_error || usage_present(data) || data.trim_ascii() == b"[DONE]" {
+            return decode_event(ev, |t| push_text(&mut self.text, t));
+        }
+        if self.held.len() + data.len() + 4 > HOLD_MAX {
+            self.decode_held();
+        }
+        match u32::try_from(data.len()) {
+            Ok(n) if 4 + data.len() <= HOLD_MAX => {
+                self.held.extend_from_slice(&n.to_le_bytes());
+                self.held.extend_from_slice(data);
+            }
+            _ => {
+                decode_event(ev, |t| push_text(&mut self.text, t));
+            }
+        }
+        Decoded::default()
+    }
+
+    /// All text so far (decodes what is held).
+    pub fn text(&mut self) -> &str {
+        self.decode_held();
+        &self.text
+    }
+
+    fn decode_held(&mut self) {
+        let mut rest = self.held.as_slice();
+        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+            let n = u32::from_le_bytes(*len) as usize;
+            let Some((data, tail)) = tail.split_at_checked(n) else {
+                break;
+            };
+            super::decode(data, |t| push_text(&mut self.text, t));
+            rest = tail;
+        }
+        self.held.clear();
+    }
+}
+
+/// Appends generated text, up to the estimation cap.
+fn push_text(text: &mut String, t: &str) {
+    if text.len() + t.len() <= MAX_TEXT {
+        text.push_str(t);
+    }
+}
+
+/// The data has a `"usage"` key (unescaped opening quote) whose value is
+/// not `null`; or one that cannot be told apart from it cheaply.
+fn usage_present(data: &[u8]) -> bool {
+    static FINDER: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+    for at in FINDER.find_iter(data) {
+        let escapes = data[..at].iter().rev().take_while(|&&b| b == b'\\').count();
+        if escapes % 2 == 1 {
+            // Not structure, unless a key ends in `\"usage`: decode.
+            return true;
+        }
+        let mut i = skip_ws(data, at + 7);
+        if data.get(i) != Some(&b':') {
+            continue;
+        }
+        i = skip_ws(data, i + 1);
+        if !data[i..].starts_with(b"null") {
+            return true;
+        }
+    }
+    false
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        i += 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::Scanner;
+    use proptest::prelude::*;
+
+    /// Everything accounting reads, decoding each event as it comes
+    /// (the reference) and deferred.
+    fn both(stream: &[u8]) -> ((String, Vec<Decoded>), (String, Vec<Decoded>)) {
+        let mut eager = (String::new(), Vec::new());
+        let mut s = Scanner::new(1 << 20);
+        s.feed(stream, |ev| {
+            let d = decode_event(&ev, |t| push_text(&mut eager.0, t));
+            eager.1.push(d);
+        });
+        let mut lazy = DeferredText::default();
+        let mut ds = Vec::new();
+        let mut s = Scanner::new(1 << 20);
+        s.feed(stream, |ev| ds.push(lazy.event(&ev)));
+        (eager, (lazy.text().to_string(), ds))
+    }
+
+    /// What the accountant uses of a `Decoded`.
+    fn used(d: &[Decoded]) -> Vec<(bool, Option<crate::sse::Usage>, bool)> {
+        d.iter().map(|d| (d.done, d.usage, d.usage_only)).collect()
+    }
+
+    fn chunk(content: &str) -> String {
+        let c = serde_json::to_string(content).unwrap();
+        format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{c}}},\"finish_reason\":null}}],\"usage\":null}}\n\n"
+        )
+    }
+
+    #[test]
+    fn usage_chunks_are_read_at_once_and_text_later() {
+        let mut s = chunk("Hello") + &chunk(" \"usage\": {\"prompt_tokens\":1} world");
+        s += "data: {\"choices\":[],\"usage\" : {\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
+        s += "data: [DONE]\n\n";
+        let (eager, lazy) = both(s.as_bytes());
+        assert_eq!(eager.0, "Hello \"usage\": {\"prompt_tokens\":1} world");
+        assert_eq!(lazy.0, eager.0);
+        assert_eq!(used(&lazy.1), used(&eager.1));
+        assert_eq!(
+            lazy.1[2].usage,
+            Some(crate::sse::Usage {
+                prompt: 5,
+                completion: 2
+            })
+        );
+        assert!(lazy.1[2].usage_only && lazy.1[3].done);
+    }
+
+    #[test]
+    fn held_data_is_bounded() {
+        let piece = chunk(&"x".repeat(1000));
+        let mut d = DeferredText::default();
+        let mut s = Scanner::new(1 << 20);
+        for _ in 0..1000 {
+            s.feed(piece.as_bytes(), |ev| {
+                d.event(&ev);
+            });
+            assert!(d.held.len() <= HOLD_MAX);
+        }
+        assert_eq!(d.text().len(), 1000 * 1000);
+    }
+
+    proptest! {
+        /// Deferred decoding reads the same text and the same done/usage
+        /// as decoding every event, whatever the events hold.
+        #[test]
+        fn same_as_decoding_each_event(
+            contents in proptest::collection::vec(any::<String>(), 0..8),
+            usage_at in proptest::option::of(0usize..8),
+            spaced in any::<bool>(),
+            tool_call in any::<bool>(),
+        ) {
+            let mut s = String::new();
+            for (i, c) in contents.iter().enumerate() {
+                if usage_at == Some(i) {
+                    let sep = if spaced { " : " } else { ":" };
+                    s += &format!("data: {{\"choices\":[],\"usage\"{sep}{{\"prompt_tokens\":{i},\"completion_tokens\":3}}}}\n\n");
+                }
+                s += &chunk(c);
+                if tool_call {
+                    let a = serde_json::to_string(c).unwrap();
+                    s += &format!("data: {{\"choices\":[{{\"delta\":{{\"tool_calls\":[{{\"function\":{{\"arguments\":{a}}}}}]}}}}]}}\n\n");
+                }
+            }
+            s += "data: [DONE]\n\n";
+            let (eager, lazy) = both(s.as_bytes());
+            prop_assert_eq!(&lazy.0, &eager.0);
+            prop_assert_eq!(used(&lazy.1), used(&eager.1));
+        }
+    }
+}
