@@ -29,13 +29,17 @@ use super::scanner::Event;
 /// Raw event data held per stream before it is decoded anyway.
 pub const HOLD_MAX: usize = 256 * 1024;
 
+/// First allocation of the hold: a short stream's events without growing.
+const HOLD_FIRST: usize = 16 * 1024;
+
 /// Generated text kept for estimation.
 const MAX_TEXT: usize = 16 * 1024 * 1024;
 
 /// Text of a stream, decoded on demand.
 #[derive(Default)]
 pub struct DeferredText {
-    /// Data of text-only events not decoded yet: (length as u32 LE, bytes)*.
+    /// Data of text-only events not decoded yet, each ended by `\n`
+    /// (single-line data only: it cannot hold one).
     held: Vec<u8>,
     text: String,
 }
@@ -47,21 +51,34 @@ impl DeferredText {
         let data = ev.data.as_ref();
         let is_error = ev.event.as_deref() == Some(b"error");
         if is_error || usage_present(data) || data.trim_ascii() == b"[DONE]" {
-            return decode_event(ev, |t| push_text(&mut self.text, t));
+            return self.decode_now(ev);
         }
-        if self.held.len() + data.len() + 4 > HOLD_MAX {
+        if data.contains(&b'\n') || data.len() >= HOLD_MAX {
+            // Multi-line data (joined with `\n`, the separator here) or
+            // an event larger than the hold: decode it now.
+            self.decode_now(ev);
+            return Decoded::default();
+        }
+        if self.held.len() + data.len() + 1 > HOLD_MAX {
             self.decode_held();
         }
-        match u32::try_from(data.len()) {
-            Ok(n) if 4 + data.len() <= HOLD_MAX => {
-                self.held.extend_from_slice(&n.to_le_bytes());
-                self.held.extend_from_slice(data);
-            }
-            _ => {
-                decode_event(ev, |t| push_text(&mut self.text, t));
-            }
+        if self.held.capacity() == 0 {
+            self.held.reserve(HOLD_FIRST);
         }
+        self.held.extend_from_slice(data);
+        self.held.push(b'\n');
         Decoded::default()
+    }
+
+    /// Decodes an event at once; its text goes after the held events'.
+    fn decode_now(&mut self, ev: &Event<'_>) -> Decoded {
+        let mut now = String::new();
+        let d = decode_event(ev, |t| now.push_str(t));
+        if !now.is_empty() {
+            self.decode_held();
+            push_text(&mut self.text, &now);
+        }
+        d
     }
 
     /// All text so far (decodes what is held).
@@ -71,14 +88,10 @@ impl DeferredText {
     }
 
     fn decode_held(&mut self) {
-        let mut rest = self.held.as_slice();
-        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
-            let n = u32::from_le_bytes(*len) as usize;
-            let Some((data, tail)) = tail.split_at_checked(n) else {
-                break;
-            };
-            super::decode(data, |t| push_text(&mut self.text, t));
-            rest = tail;
+        for data in self.held.split(|&b| b == b'\n') {
+            if !data.is_empty() {
+                super::decode(data, |t| push_text(&mut self.text, t));
+            }
         }
         self.held.clear();
     }
@@ -161,20 +174,22 @@ mod tests {
     #[test]
     fn usage_chunks_are_read_at_once_and_text_later() {
         let mut s = chunk("Hello") + &chunk(" \"usage\": {\"prompt_tokens\":1} world");
+        // Data over two lines (joined with `\n`) is decoded at once.
+        s += "data: {\"choices\":[{\"delta\":\ndata: {\"content\":\"!\"}}]}\n\n";
         s += "data: {\"choices\":[],\"usage\" : {\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
         s += "data: [DONE]\n\n";
         let (eager, lazy) = both(s.as_bytes());
-        assert_eq!(eager.0, "Hello \"usage\": {\"prompt_tokens\":1} world");
+        assert_eq!(eager.0, "Hello \"usage\": {\"prompt_tokens\":1} world!");
         assert_eq!(lazy.0, eager.0);
         assert_eq!(used(&lazy.1), used(&eager.1));
         assert_eq!(
-            lazy.1[2].usage,
+            lazy.1[3].usage,
             Some(crate::sse::Usage {
                 prompt: 5,
                 completion: 2
             })
         );
-        assert!(lazy.1[2].usage_only && lazy.1[3].done);
+        assert!(lazy.1[3].usage_only && lazy.1[4].done);
     }
 
     #[test]
