@@ -179,7 +179,15 @@ impl Accountant {
                 });
             }
             Some(rw) => {
-                rw.pending.extend_from_slice(p);
+                // The events' bytes are read from `p` itself when nothing
+                // is pending (the stream was between events): only an
+                // event's unfinished tail is copied to `pending`.
+                let from_pending = !rw.pending.is_empty();
+                if from_pending {
+                    rw.pending.extend_from_slice(p);
+                } else {
+                    rw.base = scanner.offset();
+                }
                 // Forwarded bytes go straight into the caller's buffer.
                 let mut unused = Vec::new();
                 let out: &mut Vec<u8> = match fwd {
@@ -189,51 +197,58 @@ impl Accountant {
                 let enc = self.enc;
                 let prompt = self.prompt_estimate.unwrap_or(0);
                 let (rid, served, object) = (&*self.request_id, &*self.served, self.chunk_object);
+                let Rewrite {
+                    strip_usage,
+                    add_usage,
+                    pending,
+                    base,
+                    done_to,
+                } = rw;
+                let src: &[u8] = if from_pending { pending } else { p };
+                let rel = |abs: u64| (abs.saturating_sub(*base) as usize).min(src.len());
                 scanner.feed(p, |ev| {
                     let d = text.event(&ev);
-                    let drop_it = rw.strip_usage && d.usage_only;
-                    let add_before = rw.add_usage && d.done && usage.is_none();
+                    let drop_it = *strip_usage && d.usage_only;
+                    let add_before = *add_usage && d.done && usage.is_none();
                     note(&d, usage, saw_done);
-                    let rel =
-                        |abs: u64| (abs.saturating_sub(rw.base) as usize).min(rw.pending.len());
-                    let from = rel(rw.done_to);
+                    let from = rel(*done_to);
                     if drop_it {
-                        out.extend_from_slice(&rw.pending[from..rel(ev.start)]);
+                        out.extend_from_slice(&src[from..rel(ev.start)]);
                     } else if add_before {
-                        out.extend_from_slice(&rw.pending[from..rel(ev.start)]);
+                        out.extend_from_slice(&src[from..rel(ev.start)]);
                         let completion = enc.map_or(0, |e| e.count(text.text()) as u64);
                         *added_count = Some(completion);
                         out.extend_from_slice(&usage_event(
                             rid, served, object, prompt, completion,
                         ));
-                        out.extend_from_slice(&rw.pending[rel(ev.start)..rel(ev.end)]);
+                        out.extend_from_slice(&src[rel(ev.start)..rel(ev.end)]);
                     } else {
-                        out.extend_from_slice(&rw.pending[from..rel(ev.end)]);
+                        out.extend_from_slice(&src[from..rel(ev.end)]);
                     }
-                    rw.done_to = ev.end;
+                    *done_to = ev.end;
                 });
                 if scanner.is_idle() {
                     // Between events: bytes that belong to no event
                     // (`: keep-alive` comments, stray blank lines) go out
                     // now instead of waiting for the next event.
-                    let from = (rw.done_to.saturating_sub(rw.base) as usize).min(rw.pending.len());
-                    out.extend_from_slice(&rw.pending[from..]);
-                    rw.done_to = scanner.offset();
+                    out.extend_from_slice(&src[rel(*done_to)..]);
+                    *done_to = scanner.offset();
                 }
-                let give_up = rw.pending.len() > MAX_EVENT;
+                let consumed = rel(*done_to);
+                let give_up = src.len() - consumed > MAX_EVENT;
                 if give_up {
                     // An event larger than any real one (or a body that is
                     // not SSE): stop holding bytes back and pass the rest
                     // through as it is (a usage chunk may then reach a
                     // client that did not ask for it).
-                    let from = (rw.done_to.saturating_sub(rw.base) as usize).min(rw.pending.len());
-                    out.extend_from_slice(&rw.pending[from..]);
-                    rw.pending.clear();
+                    out.extend_from_slice(&src[consumed..]);
+                    pending.clear();
+                } else if from_pending {
+                    pending.drain(..consumed);
+                    *base += consumed as u64;
                 } else {
-                    let consumed =
-                        (rw.done_to.saturating_sub(rw.base) as usize).min(rw.pending.len());
-                    rw.pending.drain(..consumed);
-                    rw.base += consumed as u64;
+                    pending.extend_from_slice(&p[consumed..]);
+                    *base += consumed as u64;
                 }
                 if give_up {
                     self.rewrite = None;
@@ -427,5 +442,37 @@ mod tests {
         out.clear();
         a.payload(b"more", Some(&mut out));
         assert_eq!(out, b"more", "and later bytes pass straight through");
+    }
+
+    proptest::proptest! {
+        /// Wherever the reads split the stream, the client gets the same
+        /// bytes: every event but the usage chunk, whole and in order,
+        /// and the accountant the provider's usage.
+        #[test]
+        fn rewriting_does_not_depend_on_read_boundaries(
+            cuts in proptest::collection::vec(0usize..400, 0..12),
+            events in 1usize..6,
+        ) {
+            let mut stream = String::from(": keep-alive\n\n");
+            for _ in 0..events {
+                stream += CHUNK;
+            }
+            let kept = stream.clone() + "data: [DONE]\n\n";
+            stream += USAGE;
+            stream += "data: [DONE]\n\n";
+            let bytes = stream.as_bytes();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut a = rewriting(true, false);
+            let mut out = Vec::new();
+            let mut from = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                a.payload(&bytes[from..c.max(from)], Some(&mut out));
+                from = c.max(from);
+            }
+            a.end(Some(&mut out));
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), kept);
+            proptest::prop_assert_eq!(a.tally().completion, (1, Source::Provider));
+        }
     }
 }

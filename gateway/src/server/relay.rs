@@ -24,7 +24,7 @@ use super::proxy::{Done, Prepared, RouteLog};
 use super::worker::Worker;
 use crate::error::{Error, Kind};
 use crate::failover::{Class, Outcome};
-use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, encode_chunk};
+use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, begin_chunk, encode_chunk, end_chunk};
 use crate::http::response::push_u64;
 use crate::upstream::UpConn;
 use crate::upstream::response::{self, Added, ClientFraming, Framing, ResponseHead};
@@ -261,8 +261,8 @@ pub async fn relay(
         ClientFraming::Rechunk => Emit::Payload { chunked: true },
     };
     let mut body = BodyState::new(head.framing);
-    let mut pay = Vec::new();
-    let fed = match feed(&mut body, acct, emit, &buf[head.len..], &mut pay) {
+    let at = begin_payload(&mut out, emit);
+    let fed = match feed(&mut body, acct, emit, &buf[head.len..], &mut out) {
         Ok(f) => f,
         // Nothing reached the client yet: an answerable (and retryable)
         // upstream failure, not a silent close.
@@ -272,9 +272,9 @@ pub async fn relay(
         Emit::Raw => out.extend_from_slice(&buf[head.len..head.len + fed.forward]),
         Emit::Payload { chunked } => {
             if fed.done {
-                acct.end(Some(&mut pay));
+                acct.end(Some(&mut out));
             }
-            push_payload(&mut out, &pay, chunked, fed.done);
+            end_payload(&mut out, at, chunked, fed.done);
         }
     }
     if fed.done && emit == Emit::Raw {
@@ -309,7 +309,6 @@ pub async fn relay(
             }
         };
         out.clear();
-        pay.clear();
         if n == 0 {
             if head.framing != Framing::Close {
                 // Upstream closed before the end of its body: a stream
@@ -322,8 +321,9 @@ pub async fn relay(
             match emit {
                 Emit::Raw => acct.end(None),
                 Emit::Payload { chunked } => {
-                    acct.end(Some(&mut pay));
-                    push_payload(&mut out, &pay, chunked, true);
+                    let at = begin_payload(&mut out, emit);
+                    acct.end(Some(&mut out));
+                    end_payload(&mut out, at, chunked, true);
                     if wr.write_all(out).await.0.is_err() {
                         return Ok(Done::Aborted { status: 499 });
                     }
@@ -331,7 +331,8 @@ pub async fn relay(
             }
             break;
         }
-        let fed = match feed(&mut body, acct, emit, &buf, &mut pay) {
+        let at = begin_payload(&mut out, emit);
+        let fed = match feed(&mut body, acct, emit, &buf, &mut out) {
             Ok(f) => f,
             Err(_) => return Ok(Done::Aborted { status }),
         };
@@ -351,12 +352,11 @@ pub async fn relay(
             }
             Emit::Payload { chunked } => {
                 if fed.done {
-                    acct.end(Some(&mut pay));
+                    acct.end(Some(&mut out));
                 }
-                if pay.is_empty() && !fed.done {
+                if !end_payload(&mut out, at, chunked, fed.done) && !fed.done {
                     continue;
                 }
-                push_payload(&mut out, &pay, chunked, fed.done);
                 let (res, back) = wr.write_all(out).await;
                 out = back;
                 res
@@ -381,31 +381,43 @@ fn release(w: &Worker, up: crate::route::UpstreamId, conn: &mut Option<UpConn>) 
 }
 
 /// Feeds one read to the framing tracker, passing payload to the
-/// accountant (and, in payload mode, collecting what to send in `pay`).
+/// accountant (and, in payload mode, writing what to send to `out`).
 fn feed(
     body: &mut BodyState,
     acct: &mut Accountant,
     emit: Emit,
     input: &[u8],
-    pay: &mut Vec<u8>,
+    out: &mut Vec<u8>,
 ) -> Result<Fed, Error> {
     match emit {
         Emit::Raw => body.feed(input, |p| acct.payload(p, None)),
-        Emit::Payload { .. } => body.feed(input, |p| acct.payload(p, Some(pay))),
+        Emit::Payload { .. } => body.feed(input, |p| acct.payload(p, Some(out))),
     }
 }
 
-/// Appends payload bytes for the client, as one chunk when `chunked`, and
-/// the last-chunk marker when the body is complete.
-fn push_payload(out: &mut Vec<u8>, pay: &[u8], chunked: bool, done: bool) {
-    if chunked {
-        encode_chunk(out, pay);
-        if done {
-            out.extend_from_slice(LAST_CHUNK);
-        }
-    } else {
-        out.extend_from_slice(pay);
+/// In payload mode, starts the client's copy of one read's payload in
+/// `out` (a chunk the payload is written into directly when `chunked`);
+/// returns where it starts.
+fn begin_payload(out: &mut Vec<u8>, emit: Emit) -> usize {
+    match emit {
+        Emit::Payload { chunked: true } => begin_chunk(out),
+        _ => out.len(),
     }
+}
+
+/// Ends what [`begin_payload`] started (and the body, with the
+/// last-chunk marker, when `done`); returns whether any payload was
+/// written.
+fn end_payload(out: &mut Vec<u8>, at: usize, chunked: bool, done: bool) -> bool {
+    let wrote = if chunked {
+        end_chunk(out, at) > 0
+    } else {
+        out.len() > at
+    };
+    if chunked && done {
+        out.extend_from_slice(LAST_CHUNK);
+    }
+    wrote
 }
 
 /// The SSE event that ends a stream the upstream cut.

@@ -29,8 +29,8 @@ use super::scanner::Event;
 /// Raw event data held per stream before it is decoded anyway.
 pub const HOLD_MAX: usize = 256 * 1024;
 
-/// First allocation of the hold: a short stream's events without growing.
-const HOLD_FIRST: usize = 16 * 1024;
+/// Size of one block of held data.
+const BLOCK: usize = 16 * 1024;
 
 /// Generated text kept for estimation.
 const MAX_TEXT: usize = 16 * 1024 * 1024;
@@ -39,14 +39,19 @@ const MAX_TEXT: usize = 16 * 1024 * 1024;
 #[derive(Default)]
 pub struct DeferredText {
     /// Data of text-only events not decoded yet, each ended by `\n`
-    /// (single-line data only: it cannot hold one).
-    held: Vec<u8>,
+    /// (single-line data only: it cannot hold one), in blocks of
+    /// [`BLOCK`] bytes so that holding more never copies what is held.
+    held: Vec<Vec<u8>>,
+    /// Bytes in `held`.
+    held_len: usize,
     text: String,
 }
 
 impl DeferredText {
     /// Looks at one event: what accounting needs now is returned, its text
-    /// is kept for later.
+    /// is kept for later. The answer is exact for `done`, `usage` and
+    /// `usage_only`; `finished` and `error` are only read from events
+    /// decoded at once (accounting does not use them).
     pub fn event(&mut self, ev: &Event<'_>) -> Decoded {
         let data = ev.data.as_ref();
         let is_error = ev.event.as_deref() == Some(b"error");
@@ -56,17 +61,23 @@ impl DeferredText {
         if data.contains(&b'\n') || data.len() >= HOLD_MAX {
             // Multi-line data (joined with `\n`, the separator here) or
             // an event larger than the hold: decode it now.
-            self.decode_now(ev);
-            return Decoded::default();
+            return self.decode_now(ev);
         }
-        if self.held.len() + data.len() + 1 > HOLD_MAX {
+        if self.held_len + data.len() + 1 > HOLD_MAX {
             self.decode_held();
         }
-        if self.held.capacity() == 0 {
-            self.held.reserve(HOLD_FIRST);
-        }
-        self.held.extend_from_slice(data);
-        self.held.push(b'\n');
+        let block = match self.held.last_mut() {
+            Some(b) if b.capacity() - b.len() > data.len() => b,
+            _ => {
+                self.held
+                    .push(Vec::with_capacity(BLOCK.max(data.len() + 1)));
+                let last = self.held.len() - 1;
+                &mut self.held[last]
+            }
+        };
+        block.extend_from_slice(data);
+        block.push(b'\n');
+        self.held_len += data.len() + 1;
         Decoded::default()
     }
 
@@ -88,12 +99,14 @@ impl DeferredText {
     }
 
     fn decode_held(&mut self) {
-        for data in self.held.split(|&b| b == b'\n') {
-            if !data.is_empty() {
-                super::decode(data, |t| push_text(&mut self.text, t));
+        for block in self.held.drain(..) {
+            for data in block.split(|&b| b == b'\n') {
+                if !data.is_empty() {
+                    super::decode(data, |t| push_text(&mut self.text, t));
+                }
             }
         }
-        self.held.clear();
+        self.held_len = 0;
     }
 }
 
@@ -201,7 +214,8 @@ mod tests {
             s.feed(piece.as_bytes(), |ev| {
                 d.event(&ev);
             });
-            assert!(d.held.len() <= HOLD_MAX);
+            assert!(d.held_len <= HOLD_MAX);
+            assert_eq!(d.held_len, d.held.iter().map(Vec::len).sum::<usize>());
         }
         assert_eq!(d.text().len(), 1000 * 1000);
     }
