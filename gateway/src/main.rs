@@ -88,6 +88,21 @@ struct MockArgs {
     /// End SSE lines with CRLF.
     #[arg(long)]
     crlf: bool,
+    /// io_uring task-run mode: defer, coop or interrupt (see the gateway's
+    /// `[server] io_uring_task_run`).
+    #[arg(long, default_value = "defer", value_parser = parse_task_run)]
+    io_uring_task_run: config::TaskRun,
+}
+
+fn parse_task_run(s: &str) -> Result<config::TaskRun, String> {
+    match s {
+        "defer" => Ok(config::TaskRun::Defer),
+        "coop" => Ok(config::TaskRun::Coop),
+        "interrupt" => Ok(config::TaskRun::Interrupt),
+        other => Err(format!(
+            "unknown mode `{other}`; use defer, coop or interrupt"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -148,6 +163,7 @@ fn run_mock(a: MockArgs) -> anyhow::Result<()> {
         default_max_tokens: a.max_tokens,
         api_key: a.api_key,
         pin_base: a.pin_cpu,
+        task_run: a.io_uring_task_run,
         faults: Faults {
             status: a.status,
             delay: Duration::from_millis(a.delay_ms),

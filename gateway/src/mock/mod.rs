@@ -37,6 +37,9 @@ pub struct MockOptions {
     pub faults: Faults,
     /// Pin worker N to CPU `pin_base + N`.
     pub pin_base: Option<usize>,
+    /// io_uring task-run mode of the mock's workers (as the gateway's
+    /// `[server] io_uring_task_run`).
+    pub task_run: crate::config::TaskRun,
 }
 
 /// Counters served at `GET /mock/stats`.
@@ -92,7 +95,7 @@ pub fn spawn(opts: MockOptions) -> std::io::Result<Vec<std::thread::JoinHandle<(
                     let ready2 = ready.clone();
                     let ran = crate::server::run_on_runtime(
                         DriverChoice::Auto,
-                        crate::config::TaskRun::Defer,
+                        opts.task_run,
                         |_| async move {
                             match crate::server::bind(opts.listen) {
                                 Ok(l) => {

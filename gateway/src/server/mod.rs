@@ -44,6 +44,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             api_key: None,
             faults: crate::mock::Faults::default(),
             pin_base: None,
+            task_run: cfg.server.task_run,
         })
         .with_context(|| format!("starting the embedded mock on {}", m.listen))?;
         tracing::info!(listen = %m.listen, "embedded mock provider listening");
