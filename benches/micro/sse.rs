@@ -11,6 +11,11 @@
 //!   any decoder built on serde_json).
 //! - `scan_decode/50_events_1.5KB_reads`: the first, plus `decode` of
 //!   every event, summing text lengths and usage.
+//! - `scan_deferred/…`: what the accountant does since text is deferred
+//!   (`tollgate::sse::deferred`): scan, read usage and `[DONE]` at once,
+//!   hold the other events; `…_usage_came` never decodes the held text
+//!   (the provider's usage arrived), `…_text_read` decodes it at the end
+//!   (a stream without usage).
 #![expect(
     clippy::expect_used,
     reason = "bench setup; a failure here is a broken bench"
@@ -19,6 +24,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tollgate::sse::deferred::DeferredText;
 use tollgate::sse::{Scanner, decode};
 
 const MAX_EVENT: usize = 1 << 20;
@@ -148,6 +154,29 @@ fn scan_decode(stream: &[u8], read: usize) -> (u64, u64) {
     (text, completion)
 }
 
+/// Scans with deferred text; returns (text bytes if `read_text`, else 0,
+/// completion tokens).
+fn scan_deferred(stream: &[u8], read: usize, read_text: bool) -> (u64, u64) {
+    let mut s = Scanner::new(MAX_EVENT);
+    let mut held = DeferredText::default();
+    let mut completion = 0u64;
+    let mut on_event = |e: tollgate::sse::Event<'_>| {
+        if let Some(u) = held.event(&e).usage {
+            completion = u.completion;
+        }
+    };
+    for r in stream.chunks(read) {
+        s.feed(r, &mut on_event);
+    }
+    s.finish(&mut on_event);
+    let text = if read_text {
+        held.text().len() as u64
+    } else {
+        0
+    };
+    (text, completion)
+}
+
 /// Each event's data, owned.
 fn event_datas(stream: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -171,6 +200,8 @@ fn bench(c: &mut Criterion) {
     );
     let words: usize = WORDS.iter().map(|w| w.len()).sum();
     assert_eq!(scan_decode(&small, 1500), (words as u64, 46));
+    assert_eq!(scan_deferred(&small, 1500, true), (words as u64, 46));
+    assert_eq!(scan_deferred(&small, 1500, false), (0, 46));
 
     let mut g = c.benchmark_group("scan");
     g.throughput(Throughput::Bytes(small.len() as u64));
@@ -224,6 +255,17 @@ fn bench(c: &mut Criterion) {
         &small,
         |b, s| b.iter(|| scan_decode(black_box(s), 1500)),
     );
+    g.finish();
+
+    let mut g = c.benchmark_group("scan_deferred");
+    g.throughput(Throughput::Bytes(small.len() as u64));
+    for (name, read_text) in [("usage_came", false), ("text_read", true)] {
+        g.bench_with_input(
+            BenchmarkId::from_parameter(format!("50_events_1.5KB_reads_{name}")),
+            &small,
+            |b, s| b.iter(|| scan_deferred(black_box(s), 1500, read_text)),
+        );
+    }
     g.finish();
 }
 
