@@ -246,7 +246,9 @@ pub async fn handle(
     let mut served = p.served.clone();
     let mut upstream = w.shared.upstreams[p.upstream as usize].cfg.name.clone();
     let stream = p.stream;
-    let deadline = route_cfg.deadline.map(|d| started + d);
+    // The route's deadline covers the gateway's work, not the client's
+    // upload: it starts now, once the body is in.
+    let deadline = route_cfg.deadline.map(|d| Instant::now() + d);
     let first_byte_limit = route_cfg
         .fallbacks
         .iter()

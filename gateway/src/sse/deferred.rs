@@ -13,7 +13,9 @@
 //! Exactness: a `"usage"` whose opening quote is not escaped is JSON
 //! structure (inside a string every quote is escaped), so text a model
 //! wrote can never make an event look like, or hide, a usage chunk; an
-//! escaped one only costs a full decode. The decoded text is the same as
+//! escaped one only costs a full decode. A key can also spell `usage`
+//! with `\u` escapes (`"\u0075sage"`); data with such an escape of one
+//! of its letters is decoded at once too. The decoded text is the same as
 //! decoding each event as it comes, in the same order (tested).
 //!
 //! Memory: held data is bounded by [`HOLD_MAX`] per stream; past it the
@@ -55,7 +57,11 @@ impl DeferredText {
     pub fn event(&mut self, ev: &Event<'_>) -> Decoded {
         let data = ev.data.as_ref();
         let is_error = ev.event.as_deref() == Some(b"error");
-        if is_error || usage_present(data) || data.trim_ascii() == b"[DONE]" {
+        if is_error
+            || usage_present(data)
+            || escaped_usage_letter(data)
+            || data.trim_ascii() == b"[DONE]"
+        {
             return self.decode_now(ev);
         }
         if data.contains(&b'\n') || data.len() >= HOLD_MAX {
@@ -140,6 +146,23 @@ fn usage_present(data: &[u8]) -> bool {
     false
 }
 
+/// A `\u00XX` escape of a letter of `usage`: the only way a key can spell
+/// it without the bytes `"usage"` (serde unescapes keys). Such data is
+/// decoded at once. Providers that escape text escape non-ASCII
+/// characters, not these letters, so content deltas stay deferred.
+fn escaped_usage_letter(data: &[u8]) -> bool {
+    static FINDER: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\\u00"));
+    FINDER.find_iter(data).any(|at| {
+        data.get(at + 4..at + 6).is_some_and(|h| {
+            matches!(
+                [h[0], h[1].to_ascii_lowercase()],
+                [b'7', b'5' | b'3'] | [b'6', b'1' | b'7' | b'5']
+            )
+        })
+    })
+}
+
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while b
         .get(i)
@@ -203,6 +226,34 @@ mod tests {
             })
         );
         assert!(lazy.1[3].usage_only && lazy.1[4].done);
+    }
+
+    #[test]
+    fn a_usage_key_spelled_with_escapes_is_read_at_once() {
+        let s = "data: {\"choices\":[],\"\\u0075sag\\u0065\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
+        let (eager, lazy) = both(s.as_bytes());
+        assert_eq!(
+            eager.1[0].usage,
+            Some(crate::sse::Usage {
+                prompt: 5,
+                completion: 2
+            })
+        );
+        assert_eq!(used(&lazy.1), used(&eager.1));
+        // Escaped non-ASCII text stays deferred.
+        let mut d = DeferredText::default();
+        let mut sc = Scanner::new(1 << 20);
+        sc.feed(
+            chunk("caf\u{e9} \u{65e5}")
+                .replace('é', "\\u00e9")
+                .replace('日', "\\u65e5")
+                .as_bytes(),
+            |ev| {
+                d.event(&ev);
+            },
+        );
+        assert!(d.held_len > 0);
+        assert_eq!(d.text(), "café 日");
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //!   the key is a member of the top-level object, not of a nested one.
 //!
 //! Anything else (no such key, a nested one, a value that is not an object
-//! or `null`) falls back to the full parse, which stays the reference.
+//! or `null`, a key spelled with `\u` escapes) falls back to the full
+//! parse, which stays the reference. The one difference: a body with two
+//! top-level `usage` members gets the last one here, where serde refuses
+//! the duplicate (and the answer would have no usage).
 
 use std::sync::LazyLock;
 
