@@ -266,14 +266,41 @@ impl Accountant {
         let text = &mut self.text;
         let usage = &mut self.usage;
         let saw_done = &mut self.saw_done;
+        let rewrite = self.rewrite.as_ref();
+        // The event `finish` dispatches (one not ended by a blank line) is
+        // rewritten like any other: (drop it, add usage before it, start).
+        let mut last = None;
         scanner.finish(|ev| {
             let d = text.event(&ev);
+            if let Some(rw) = rewrite {
+                let drop_it = rw.strip_usage && d.usage_only;
+                let add_before = rw.add_usage && d.done && usage.is_none();
+                last = Some((drop_it, add_before, ev.start));
+            }
             note(&d, usage, saw_done);
         });
-        if let (Some(rw), Some(f)) = (self.rewrite.as_mut(), fwd) {
-            f.extend_from_slice(&rw.pending);
-            rw.pending.clear();
+        let (Some(rw), Some(f)) = (self.rewrite.as_mut(), fwd) else {
+            return;
+        };
+        let at = |abs: u64| (abs.saturating_sub(rw.base) as usize).min(rw.pending.len());
+        match last {
+            Some((true, _, start)) => f.extend_from_slice(&rw.pending[..at(start)]),
+            Some((false, true, start)) => {
+                let completion = self.enc.map_or(0, |e| e.count(text.text()) as u64);
+                self.added_count = Some(completion);
+                f.extend_from_slice(&rw.pending[..at(start)]);
+                f.extend_from_slice(&usage_event(
+                    &self.request_id,
+                    &self.served,
+                    self.chunk_object,
+                    self.prompt_estimate.unwrap_or(0),
+                    completion,
+                ));
+                f.extend_from_slice(&rw.pending[at(start)..]);
+            }
+            _ => f.extend_from_slice(&rw.pending),
         }
+        rw.pending.clear();
     }
 
     /// The numbers for the usage record.
@@ -442,6 +469,28 @@ mod tests {
         out.clear();
         a.payload(b"more", Some(&mut out));
         assert_eq!(out, b"more", "and later bytes pass straight through");
+    }
+
+    #[test]
+    fn an_event_cut_off_by_the_end_of_the_body_is_rewritten_too() {
+        // The usage chunk is the last event and no blank line ends it.
+        let mut a = rewriting(true, false);
+        let mut out = Vec::new();
+        a.payload(CHUNK.as_bytes(), Some(&mut out));
+        a.payload(USAGE.trim_end().as_bytes(), Some(&mut out));
+        a.end(Some(&mut out));
+        assert_eq!(out, CHUNK.as_bytes());
+        assert_eq!(a.tally().completion, (1, Source::Provider));
+        // `[DONE]` without its blank line still gets the estimate before it.
+        let mut a = rewriting(false, true);
+        let mut out = Vec::new();
+        a.payload(format!("{CHUNK}data: [DONE]").as_bytes(), Some(&mut out));
+        a.end(Some(&mut out));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(CHUNK), "{text}");
+        assert!(text.contains("\"completion_tokens\":1"), "{text}");
+        assert!(text.ends_with("}\n\ndata: [DONE]"), "{text}");
+        assert_eq!(a.tally().completion, (1, Source::Estimated));
     }
 
     proptest::proptest! {
