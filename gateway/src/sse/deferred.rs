@@ -64,7 +64,7 @@ impl DeferredText {
         {
             return self.decode_now(ev);
         }
-        if data.contains(&b'\n') || data.len() >= HOLD_MAX {
+        if memchr::memchr(b'\n', data).is_some() || data.len() >= HOLD_MAX {
             // Multi-line data (joined with `\n`, the separator here) or
             // an event larger than the hold: decode it now.
             return self.decode_now(ev);
