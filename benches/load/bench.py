@@ -520,8 +520,11 @@ def run_closed(env, systems, sid, kind, body, expect, report):
 
 
 def open_loop(env, started, body, cell):
-    """p99 added latency at half of each system's saturating rate: the
-    system and the mock directly, at the same open-loop rate."""
+    """p99 added latency in an open loop: the system and the mock directly,
+    at the same rate. The rate is half of each system's own saturating rate,
+    or `--open-rate` for all (on a small machine, half of a fast system's
+    rate can already saturate the box: generator, mock and system share it).
+    One second of warm-up (connections, upstream pool) is not measured."""
     direct = started.get("direct")
     out = {}
     for name, (sys_, proc, addr) in started.items():
@@ -530,11 +533,11 @@ def open_loop(env, started, body, cell):
         runs = cell["systems"][name]["runs"]
         if not runs:
             continue
-        rate = 0.5 * statistics.median(r["rps"] for r in runs)
-        conns = max(8, min(512, int(rate * 0.01) + 8))
-        s = loadgen(env, addr, body, conns, env.args.duration, rate=rate)
-        d = loadgen(env, direct[2], body, conns, env.args.duration, rate=rate)
-        out[name] = {"rate": rate, "conns": conns, "p99_us": s["latency_us"]["p99"],
+        rate = env.args.open_rate or 0.5 * statistics.median(r["rps"] for r in runs)
+        conns = env.args.open_conns or max(8, min(512, int(rate * 0.01) + 8))
+        s = loadgen(env, addr, body, conns, env.args.duration, warmup=1.0, rate=rate)
+        d = loadgen(env, direct[2], body, conns, env.args.duration, warmup=1.0, rate=rate)
+        out[name] = {"rate": rate, "conns": conns, "fixed_rate": bool(env.args.open_rate), "p99_us": s["latency_us"]["p99"],
                      "direct_p99_us": d["latency_us"]["p99"],
                      "added_p99_us": s["latency_us"]["p99"] - d["latency_us"]["p99"],
                      "p50_us": s["latency_us"]["p50"], "direct_p50_us": d["latency_us"]["p50"],
@@ -766,12 +769,16 @@ def markdown(report, meta):
                     f"{fmt(s['rss_peak_mb'] and s['rss_peak_mb']['median'])} | {s['errors']} |")
             ol = cell.get("open_loop_half_load")
             if ol:
-                out += ["", "Open loop at half of each system's own saturating rate; the mock "
-                        "directly at the same rate right after:", "",
-                        "| system | rate/s | p50 ms | p99 ms | direct p99 ms | added p99 ms | errors |",
-                        "|---|---|---|---|---|---|---|"]
+                how = ("at the same fixed rate for every system" if any(
+                    o.get("fixed_rate") for o in ol.values())
+                    else "at half of each system's own saturating rate")
+                out += ["", f"Open loop {how}, 1 s warm-up; the mock directly at the same "
+                        "rate and connections right after:", "",
+                        "| system | rate/s | connections | p50 ms | p99 ms | direct p99 ms | added p99 ms | errors |",
+                        "|---|---|---|---|---|---|---|---|"]
                 for name, o in ol.items():
                     out.append(f"| {cell['systems'][name]['label']} | {o['rate']:,.0f} | "
+                               f"{o.get('conns', '-')} | "
                                f"{o['p50_us'] / 1e3:.2f} | {o['p99_us'] / 1e3:.2f} | "
                                f"{o['direct_p99_us'] / 1e3:.2f} | {o['added_p99_us'] / 1e3:.2f} | "
                                f"{o['errors']} |")
@@ -845,6 +852,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="loadgen threads")
     ap.add_argument("--workers", type=int, default=1, help="workers of every SUT")
     ap.add_argument("--no-open-loop", dest="open_loop", action="store_false")
+    ap.add_argument("--open-rate", type=float, default=None,
+                    help="open-loop step at this rate for every system (default: half of "
+                         "each system's own closed-loop rate)")
+    ap.add_argument("--open-conns", type=int, default=None,
+                    help="connections of the open-loop step (default: rate/100 + 8)")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false")
     ap.add_argument("--sweep-levels", type=lambda s: [int(x) for x in s.split(",")],
                     default=[1, 4, 16, 64, 256])
