@@ -95,14 +95,8 @@ struct MockArgs {
 }
 
 fn parse_task_run(s: &str) -> Result<config::TaskRun, String> {
-    match s {
-        "defer" => Ok(config::TaskRun::Defer),
-        "coop" => Ok(config::TaskRun::Coop),
-        "interrupt" => Ok(config::TaskRun::Interrupt),
-        other => Err(format!(
-            "unknown mode `{other}`; use defer, coop or interrupt"
-        )),
-    }
+    config::TaskRun::from_name(s)
+        .ok_or_else(|| format!("unknown mode `{s}`; use defer, coop or interrupt"))
 }
 
 fn main() -> ExitCode {

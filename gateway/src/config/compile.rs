@@ -92,18 +92,14 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
             DriverChoice::Auto
         }
     };
-    let task_run = match s.io_uring_task_run.as_deref().unwrap_or("defer") {
-        "defer" => TaskRun::Defer,
-        "coop" => TaskRun::Coop,
-        "interrupt" => TaskRun::Interrupt,
-        other => {
-            errs.push(
-                "server.io_uring_task_run",
-                format!("unknown mode `{other}`; use defer, coop or interrupt"),
-            );
-            TaskRun::Defer
-        }
-    };
+    let name = s.io_uring_task_run.as_deref().unwrap_or("defer");
+    let task_run = TaskRun::from_name(name).unwrap_or_else(|| {
+        errs.push(
+            "server.io_uring_task_run",
+            format!("unknown mode `{name}`; use defer, coop or interrupt"),
+        );
+        TaskRun::Defer
+    });
     let d = Limits::default();
     let limits = Limits {
         max_header_bytes: positive(

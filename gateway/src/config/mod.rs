@@ -170,6 +170,19 @@ pub enum TaskRun {
     Interrupt,
 }
 
+impl TaskRun {
+    /// The mode a config or command line names: `defer`, `coop` or
+    /// `interrupt`.
+    pub fn from_name(name: &str) -> Option<TaskRun> {
+        match name {
+            "defer" => Some(TaskRun::Defer),
+            "coop" => Some(TaskRun::Coop),
+            "interrupt" => Some(TaskRun::Interrupt),
+            _ => None,
+        }
+    }
+}
+
 /// `[server]`, compiled.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
