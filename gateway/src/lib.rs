@@ -10,6 +10,7 @@ pub mod error;
 pub mod failover;
 pub mod health;
 pub mod http;
+mod json_bytes;
 pub mod ledger;
 pub mod limits;
 pub mod mock;

@@ -27,6 +27,7 @@ use std::sync::LazyLock;
 
 use super::decode::{Decoded, decode_event};
 use super::scanner::Event;
+use crate::json_bytes::{quote_escaped, skip_ws};
 
 /// Raw event data held per stream before it is decoded anyway.
 pub const HOLD_MAX: usize = 256 * 1024;
@@ -129,8 +130,7 @@ fn usage_present(data: &[u8]) -> bool {
     static FINDER: LazyLock<memmem::Finder<'static>> =
         LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
     for at in FINDER.find_iter(data) {
-        let escapes = data[..at].iter().rev().take_while(|&&b| b == b'\\').count();
-        if escapes % 2 == 1 {
+        if quote_escaped(data, at) {
             // Not structure, unless a key ends in `\"usage`: decode.
             return true;
         }
@@ -161,16 +161,6 @@ fn escaped_usage_letter(data: &[u8]) -> bool {
             )
         })
     })
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while b
-        .get(i)
-        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
-    {
-        i += 1;
-    }
-    i
 }
 
 #[cfg(test)]

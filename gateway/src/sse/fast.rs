@@ -22,25 +22,10 @@
 use std::borrow::Cow;
 
 use super::decode::Decoded;
+use crate::json_bytes::string_end;
 
 /// Most text pieces (choices) read on the fast path.
 pub const MAX_PIECES: usize = 4;
-
-/// End of the JSON string opening at `open` (the index of its closing
-/// quote) and whether it has escapes.
-fn string_end(t: &[u8], open: usize) -> Option<(usize, bool)> {
-    let mut i = open + 1;
-    let mut escaped = false;
-    loop {
-        let rel = memchr::memchr2(b'"', b'\\', t.get(i..)?)?;
-        let at = i + rel;
-        if t[at] == b'"' {
-            return Some((at, escaped));
-        }
-        escaped = true;
-        i = at + 2;
-    }
-}
 
 fn skip_ws(t: &[u8], mut i: usize) -> usize {
     while t.get(i).is_some_and(|b| b.is_ascii_whitespace()) {

@@ -23,6 +23,7 @@ use std::sync::LazyLock;
 
 use memchr::memmem;
 
+use crate::json_bytes::{quote_escaped, skip_ws, string_end};
 use crate::sse::Usage;
 
 #[derive(serde::Deserialize)]
@@ -69,8 +70,7 @@ fn from_the_end(body: &[u8]) -> Option<Option<Usage>> {
     static FINDER: LazyLock<memmem::FinderRev<'static>> =
         LazyLock::new(|| memmem::FinderRev::new(KEY));
     let at = FINDER.rfind(body)?;
-    let escapes = body[..at].iter().rev().take_while(|&&b| b == b'\\').count();
-    if escapes % 2 == 1 {
+    if quote_escaped(body, at) {
         return None;
     }
     let mut i = skip_ws(body, at + KEY.len());
@@ -90,16 +90,6 @@ fn from_the_end(body: &[u8]) -> Option<Option<Usage>> {
     closes_top_level(&body[end..]).then_some(usage)
 }
 
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while b
-        .get(i)
-        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
-    {
-        i += 1;
-    }
-    i
-}
-
 /// `rest` (what follows a member's value) closes the object the member is
 /// in, and that object was the outermost: exactly one unmatched `}`,
 /// followed only by whitespace.
@@ -108,8 +98,8 @@ fn closes_top_level(rest: &[u8]) -> bool {
     let mut i = 0;
     while i < rest.len() {
         match rest[i] {
-            b'"' => match string_end(rest, i + 1) {
-                Some(e) => i = e,
+            b'"' => match string_end(rest, i) {
+                Some((e, _)) => i = e,
                 None => return false,
             },
             b'{' | b'[' => depth += 1,
@@ -121,20 +111,6 @@ fn closes_top_level(rest: &[u8]) -> bool {
         i += 1;
     }
     false
-}
-
-/// Index of the closing quote of a string whose content starts at `i`.
-fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        i += memchr::memchr2(b'"', b'\\', &b[i..])?;
-        if b[i] == b'"' {
-            return Some(i);
-        }
-        i += 2;
-        if i > b.len() {
-            return None;
-        }
-    }
 }
 
 #[cfg(test)]

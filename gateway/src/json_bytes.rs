@@ -1,0 +1,62 @@
+//! Byte-level steps over JSON text that the scanners which look for one
+//! key without parsing the whole document share (`sse::fast`,
+//! `sse::deferred`, `usage::body`): where a string ends, whether a quote
+//! is escaped, skipping whitespace.
+
+/// End of the JSON string whose opening quote is at `open`: the index of
+/// its closing quote and whether the string has escapes. `None` when the
+/// text ends first.
+pub(crate) fn string_end(t: &[u8], open: usize) -> Option<(usize, bool)> {
+    let mut i = open + 1;
+    let mut escaped = false;
+    loop {
+        let rel = memchr::memchr2(b'"', b'\\', t.get(i..)?)?;
+        let at = i + rel;
+        if t[at] == b'"' {
+            return Some((at, escaped));
+        }
+        escaped = true;
+        i = at + 2;
+    }
+}
+
+/// The quote at `at` is escaped (an odd number of backslashes before it):
+/// text inside a string, not JSON structure.
+pub(crate) fn quote_escaped(t: &[u8], at: usize) -> bool {
+    t[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
+}
+
+/// The index of the first byte at or after `i` that is not JSON
+/// whitespace (space, tab, LF, CR).
+pub(crate) fn skip_ws(t: &[u8], mut i: usize) -> usize {
+    while t
+        .get(i)
+        .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        i += 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_quotes_and_whitespace() {
+        let t = br#"{"a\"b\\":"c"}"#;
+        assert_eq!(string_end(t, 1), Some((8, true)));
+        assert_eq!(string_end(t, 10), Some((12, false)));
+        assert_eq!(string_end(br#""open"#, 0), None);
+        assert_eq!(string_end(br#""tail\"#, 0), None);
+        assert!(quote_escaped(t, 4));
+        assert!(
+            !quote_escaped(t, 8),
+            "the backslash before it is escaped itself"
+        );
+        assert!(!quote_escaped(t, 1));
+        assert_eq!(skip_ws(b" \t\r\n:x", 0), 4);
+        assert_eq!(skip_ws(b"\x0c:", 0), 0, "form feed is not JSON whitespace");
+        assert_eq!(skip_ws(b"  ", 0), 2);
+    }
+}
