@@ -216,11 +216,8 @@ impl Accountant {
                         out.extend_from_slice(&src[from..rel(ev.start)]);
                     } else if add_before {
                         out.extend_from_slice(&src[from..rel(ev.start)]);
-                        let completion = enc.map_or(0, |e| e.count(text.text()) as u64);
-                        *added_count = Some(completion);
-                        out.extend_from_slice(&usage_event(
-                            rid, served, object, prompt, completion,
-                        ));
+                        let ids = (rid, served, object);
+                        out.extend_from_slice(&estimate_event(text, enc, added_count, ids, prompt));
                         out.extend_from_slice(&src[rel(ev.start)..rel(ev.end)]);
                     } else {
                         out.extend_from_slice(&src[from..rel(ev.end)]);
@@ -286,15 +283,15 @@ impl Accountant {
         match last {
             Some((true, _, start)) => f.extend_from_slice(&rw.pending[..at(start)]),
             Some((false, true, start)) => {
-                let completion = self.enc.map_or(0, |e| e.count(text.text()) as u64);
-                self.added_count = Some(completion);
                 f.extend_from_slice(&rw.pending[..at(start)]);
-                f.extend_from_slice(&usage_event(
-                    &self.request_id,
-                    &self.served,
-                    self.chunk_object,
-                    self.prompt_estimate.unwrap_or(0),
-                    completion,
+                let ids = (&*self.request_id, &*self.served, self.chunk_object);
+                let prompt = self.prompt_estimate.unwrap_or(0);
+                f.extend_from_slice(&estimate_event(
+                    text,
+                    self.enc,
+                    &mut self.added_count,
+                    ids,
+                    prompt,
                 ));
                 f.extend_from_slice(&rw.pending[at(start)..]);
             }
@@ -345,6 +342,22 @@ fn note(d: &Decoded, usage: &mut Option<Usage>, saw_done: &mut bool) {
     if d.done {
         *saw_done = true;
     }
+}
+
+/// Counts the text so far as the completion (kept in `added`, so the tally
+/// does not count again) and renders the usage chunk added for a client
+/// that asked for usage the provider did not send. `ids`: request id,
+/// served model, chunk object.
+fn estimate_event(
+    text: &mut DeferredText,
+    enc: Option<Encoding>,
+    added: &mut Option<u64>,
+    (rid, served, object): (&str, &str, &str),
+    prompt: u64,
+) -> Vec<u8> {
+    let completion = enc.map_or(0, |e| e.count(text.text()) as u64);
+    *added = Some(completion);
+    usage_event(rid, served, object, prompt, completion)
 }
 
 /// An SSE event with the gateway's usage estimate, shaped like the
