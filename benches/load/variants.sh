@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of tollgate builds or settings against nginx, in one run: wrk ->
-# {each tollgate variant, nginx} -> one mock (pinned to the last CPU),
+# {each tollgate variant, the featureless floor proxy, nginx} -> one mock (pinned to the last CPU),
 # interleaved per repetition. Prints req/s, p99 and the system's CPU
 # microseconds per request (utime+stime of all its threads, from /proc).
 # Loopback only; every wrk run is bounded by its duration.
@@ -21,6 +21,8 @@ cd "$(dirname "$0")/../.."
 reps=$1; dur=$2; modes=$3; shift 4
 bin=target/release/tollgate
 [ -x "$bin" ] || cargo build --release -p tollgate --bin tollgate
+floor=target/release/floor
+[ -x "$floor" ] || cargo build --release -p tollgate-benches --bin floor
 command -v wrk >/dev/null && command -v nginx >/dev/null || {
   echo "needs wrk and nginx: apt-get install -y wrk nginx-light" >&2; exit 1; }
 dir=$(mktemp -d /tmp/tollgate-variants.XXXX)
@@ -57,6 +59,9 @@ done
 sed -e "s|@WORKERS@|1|; s|@DIR@|$dir|g; s|@UPSTREAM@|$MOCK|; s|@LISTEN@|127.0.0.1:19299|" \
   benches/load/nginx.conf.in > "$dir/nginx.conf"
 nginx -p "$dir" -c "$dir/nginx.conf"
+# The featureless proxy on tollgate's runtime (benches/src/bin/floor.rs).
+$floor 127.0.0.1:19298 $MOCK 2>"$dir/floor.log" & pids+=($!)
+names+=(floor); addrs+=(127.0.0.1:19298); sut+=("$!")
 for a in $MOCK "${addrs[@]}" 127.0.0.1:19299; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://$a/v1/models" && break; sleep 0.05; done
 done
