@@ -16,12 +16,12 @@ for a in "$@"; do [ "$a" = "--smoke" ] && smoke=1; done
 if [ $smoke = 1 ]; then
   # Checks that the harness works and the numbers are sane, not speed: the
   # debug build the tests already made is enough (dependencies optimised).
-  cargo build --locked -q -p tollgate --bin tollgate -p tollgate-benches --bin loadgen
+  cargo build --locked -q -p tollgate --bin tollgate -p tollgate-benches --bin loadgen --bin floor
   exec python3 benches/load/bench.py --bin-dir target/debug --scenario forward,sse \
-    --systems direct,tollgate,nginx --reps 1 --duration 1 --concurrency 4 \
+    --systems direct,tollgate,floor,nginx --reps 1 --duration 1 --concurrency 4 \
     --no-open-loop --no-sweep "$@"
 fi
-cargo build --release --locked -q -p tollgate --bin tollgate -p tollgate-benches --bin loadgen
+cargo build --release --locked -q -p tollgate --bin tollgate -p tollgate-benches --bin loadgen --bin floor
 python3 benches/load/bench.py "$@"
 py=target/bench-venv/bin/python
 if [ -x "$py" ] && "$py" -c 'import matplotlib' 2>/dev/null; then

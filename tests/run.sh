@@ -62,7 +62,7 @@ step "fuzz: SSE scanner + chunked decoder, bounded run"
 # cargo-fuzz itself on a fresh machine. Longer runs: fuzz/run.sh 3600.
 FUZZ_BY_HAND=1 bash fuzz/run.sh "${FUZZ_SECONDS:-30}"
 
-step "load harness smoke: loadgen -> mock, tollgate, nginx if installed (seconds)"
+step "load harness smoke: loadgen -> mock, tollgate, the floor proxy, nginx if installed (seconds)"
 bash benches/run.sh --smoke
 
 step "python: official openai SDK against a real gateway"

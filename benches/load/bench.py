@@ -238,6 +238,7 @@ class Env:
         self.args, self.workdir = args, workdir
         self.tollgate = os.path.join(args.bin_dir, "tollgate")
         self.loadgen = os.path.join(args.bin_dir, "loadgen")
+        self.floor = os.path.join(args.bin_dir, "floor")
         self.venv = os.path.join(ROOT, "target", "bench-venv", "bin")
         self.workers = args.workers
 
@@ -306,6 +307,22 @@ class Tollgate(System):
                      WORKERS=env.workers, DRIVER=self.driver, **upstreams)
         p = Proc(self.name, [env.tollgate, "serve", "--config", cfg], env.workdir)
         wait_until(lambda: http(addr, "GET", "/healthz")[0] == 200, 30, p)
+        return p, addr
+
+
+class Floor(System):
+    """A featureless monoio proxy on tollgate's runtime (benches/src/bin/floor.rs):
+    what any proxy pays on this machine, so tollgate's own cost is the gap to it."""
+    name, label = "floor", "floor (featureless monoio proxy)"
+    configs = {"forward": None, "sse": None}
+
+    def available(self, env):
+        return None if os.access(env.floor, os.X_OK) else f"{env.floor} not built"
+
+    def start(self, env, kind, upstreams):
+        addr = f"127.0.0.1:{free_port()}"
+        p = Proc(self.name, [env.floor, addr, upstreams["MOCK"]], env.workdir)
+        wait_until(lambda: port_open(addr), 20, p)
         return p, addr
 
 
@@ -399,7 +416,7 @@ def port_open(addr):
         return False
 
 
-ALL_SYSTEMS = [Direct(), Tollgate("io_uring"), Tollgate("legacy"), Nginx(False), Nginx(True),
+ALL_SYSTEMS = [Direct(), Tollgate("io_uring"), Tollgate("legacy"), Floor(), Nginx(False), Nginx(True),
                Envoy(), LiteLLM()]
 
 

@@ -2,7 +2,7 @@
 # A/B of tollgate builds or settings against nginx, in one run: wrk ->
 # {each tollgate variant, the featureless floor proxy, nginx} -> one mock (pinned to the last CPU),
 # interleaved per repetition. Prints req/s, p99 and the system's CPU
-# microseconds per request (utime+stime of all its threads, from /proc).
+# microseconds per request (utime+stime of all its threads, from /proc) and its user part.
 # Loopback only; every wrk run is bounded by its duration.
 #
 #   benches/load/variants.sh REPS DURATION "json sse" -- NAME:BINARY:SERVER_TOML ...
@@ -67,10 +67,12 @@ for a in $MOCK "${addrs[@]}" 127.0.0.1:19299; do
 done
 master=$(cat "$dir/nginx.pid")
 names+=(nginx); addrs+=(127.0.0.1:19299); sut+=("$master $(pgrep -P "$master" | tr '\n' ' ')")
-cpu_ticks() { local t=0; for p in "$@"; do
-  for s in /proc/"$p"/task/*/stat; do set -- $(sed 's/.*) //' "$s"); t=$((t + ${12} + ${13})); done; done; echo $t; }
+# "total user" ticks of all threads: user time alone is the system's own
+# code (the kernel's TCP work is in the rest).
+cpu_ticks() { local t=0 u=0; for p in "$@"; do
+  for s in /proc/"$p"/task/*/stat; do set -- $(sed 's/.*) //' "$s"); t=$((t + ${12} + ${13})); u=$((u + ${12})); done; done; echo "$t $u"; }
 hz=$(getconf CLK_TCK)
-printf '%-5s %-12s %10s %9s %12s %7s\n' mode system req/s p99 cpu_us/req non2xx
+printf '%-5s %-12s %10s %9s %12s %12s %7s\n' mode system req/s p99 cpu_us/req user_us/req non2xx
 for _ in $(seq "$reps"); do
   for mode in $modes; do
     stream=0; [ "$mode" = sse ] && stream=1
@@ -85,8 +87,10 @@ for _ in $(seq "$reps"); do
       rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
       p99=$(echo "$out" | awk '$1=="99%" {print $2}')
       bad=$(echo "$out" | awk -F= '/non2xx/ {print $2}')
-      cpu=$(awk -v d=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN{printf "%.1f", d/hz*1e6/n}')
-      printf '%-5s %-12s %10s %9s %12s %7s\n' "$mode" "${names[$i]}" "$rps" "$p99" "$cpu" "$bad"
+      read -r t0 u0 <<< "$before"; read -r t1 u1 <<< "$after"
+      cpu=$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN{printf "%.1f", d/hz*1e6/n}')
+      usr=$(awk -v d=$((u1 - u0)) -v hz="$hz" -v n="$reqs" 'BEGIN{printf "%.1f", d/hz*1e6/n}')
+      printf '%-5s %-12s %10s %9s %12s %12s %7s\n' "$mode" "${names[$i]}" "$rps" "$p99" "$cpu" "$usr" "$bad"
     done
   done
 done

@@ -3,7 +3,11 @@
 //! with its piece cache (production), bpe-openai alone, tiktoken-rs — with
 //! the per-worker message cache off (every message new) and on (every
 //! message seen before: a resent history), and the realistic next turn:
-//! the history cached plus one new ~1 KB user message. Plus plain text counting
+//! the history cached plus one new ~1 KB user message. The `*_scanned`
+//! cases are the gateway's path (`chat_prompt_tokens_scanned_with`): the
+//! messages located by the routing scan, each looked up by its raw bytes
+//! and parsed only on a miss (`new_turn_scanned` includes that scan, which
+//! the gateway runs for routing anyway). Plus plain text counting
 //! (`Encoding::count`, the stream accountant's path) on 16 KB of English,
 //! code and CJK.
 //!
@@ -19,7 +23,10 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
-use tollgate::tokens::{Counting, Encoding, Engine, chat_prompt_tokens_with};
+use tollgate::route::extract;
+use tollgate::tokens::{
+    Counting, Encoding, Engine, chat_prompt_tokens_scanned_with, chat_prompt_tokens_with,
+};
 
 const SIZES: [(&str, usize); 3] = [("1KB", 1 << 10), ("16KB", 16 << 10), ("128KB", 128 << 10)];
 
@@ -118,6 +125,25 @@ fn prompt(c: &mut Criterion) {
                 b.iter(|| chat_prompt_tokens_with(Encoding::O200k, black_box(body), how))
             });
         }
+        let info = extract(&body).expect("a routable body");
+        assert_eq!(
+            chat_prompt_tokens_scanned_with(Encoding::O200k, &body, &info, Counting::DEFAULT),
+            Some(want)
+        );
+        group.bench_with_input(
+            BenchmarkId::new("bpe/cached_scanned", label),
+            &body,
+            |b, body| {
+                b.iter(|| {
+                    chat_prompt_tokens_scanned_with(
+                        Encoding::O200k,
+                        black_box(body),
+                        &info,
+                        Counting::DEFAULT,
+                    )
+                })
+            },
+        );
     }
     // The next turn of a conversation: the history was counted on the
     // previous turn (cached), one new user message is not.
@@ -140,6 +166,24 @@ fn prompt(c: &mut Criterion) {
                     new_turn(turn)
                 },
                 |body| chat_prompt_tokens_with(Encoding::O200k, &body, Counting::DEFAULT),
+                BatchSize::SmallInput,
+            )
+        });
+        group.bench_function(BenchmarkId::new("bpe/new_turn_scanned", label), |b| {
+            b.iter_batched(
+                || {
+                    turn += 1;
+                    new_turn(turn)
+                },
+                |body| {
+                    let info = extract(&body).expect("a routable body");
+                    chat_prompt_tokens_scanned_with(
+                        Encoding::O200k,
+                        &body,
+                        &info,
+                        Counting::DEFAULT,
+                    )
+                },
                 BatchSize::SmallInput,
             )
         });

@@ -214,7 +214,9 @@ async fn exchange(
     let (mut framing, keep) = loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut r = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(n) = r.parse(&ubuf).map_err(|_| invalid("bad response"))? {
+        if let httparse::Status::Complete(n) =
+            r.parse(&ubuf).map_err(|_| invalid("bad response"))?
+        {
             let mut framing = Framing::Close;
             let mut keep = true;
             for h in r.headers.iter() {
@@ -234,7 +236,6 @@ async fn exchange(
                     keep = false;
                 }
             }
-            let mut framing = framing;
             let done = framing.feed(&ubuf[n..])?;
             break ((framing, done), keep);
         }
@@ -277,7 +278,8 @@ impl Framing {
                 Ok(*left == 0)
             }
             Framing::Chunked(d) => {
-                d.feed(bytes, |_| {}).map_err(|_| invalid("bad chunked body"))?;
+                d.feed(bytes, |_| {})
+                    .map_err(|_| invalid("bad chunked body"))?;
                 Ok(d.is_done())
             }
             Framing::Close => Ok(false),

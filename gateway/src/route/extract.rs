@@ -44,6 +44,11 @@ pub struct BodyInfo<'a> {
     pub object_end: usize,
     /// Byte range of the top-level `stream_options` value, if present.
     pub stream_options: Option<Range<usize>>,
+    /// Byte range of the last top-level `messages` value, if present
+    /// (the prompt count reads its items without parsing the body again).
+    pub messages: Option<Range<usize>>,
+    /// A top-level `tools` or `functions` key is present.
+    pub tool_definitions: bool,
 }
 
 /// Why a body has no usable model.
@@ -107,6 +112,8 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
     let mut model_bad = false;
     let mut stream = false;
     let mut stream_options = None;
+    let mut messages = None;
+    let mut tool_definitions = false;
     s.skip_ws();
     if s.peek() == Some(b'}') {
         s.pos += 1;
@@ -155,6 +162,14 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
                 s.skip_value()?;
                 stream_options = Some(start..s.pos);
             }
+            "messages" => {
+                s.skip_value()?;
+                messages = Some(start..s.pos);
+            }
+            "tools" | "functions" => {
+                s.skip_value()?;
+                tool_definitions = true;
+            }
             _ => s.skip_value()?,
         }
         s.skip_ws();
@@ -176,9 +191,59 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
             stream,
             object_end,
             stream_options,
+            messages,
+            tool_definitions,
         }),
         None if model_bad => Err(ExtractError::ModelNotString),
         None => Err(ExtractError::MissingModel),
+    }
+}
+
+/// The items of a JSON array, as the byte slices of their values, each
+/// validated as it is reached; a fault ends the iteration with the error.
+pub struct ArrayItems<'a> {
+    s: Scanner<'a>,
+    done: bool,
+}
+
+/// Iterates the items of `value` (one JSON value, typically a span that
+/// [`extract`] returned); `None` when it is not an array.
+pub fn array_items(value: &[u8]) -> Option<ArrayItems<'_>> {
+    let mut s = Scanner { b: value, pos: 0 };
+    s.skip_ws();
+    if s.peek() != Some(b'[') {
+        return None;
+    }
+    s.pos += 1;
+    s.skip_ws();
+    let done = s.peek() == Some(b']');
+    Some(ArrayItems { s, done })
+}
+
+impl<'a> Iterator for ArrayItems<'a> {
+    type Item = Result<&'a [u8], ExtractError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let s = &mut self.s;
+        s.skip_ws();
+        let start = s.pos;
+        let item = s.skip_value().and_then(|()| {
+            let end = s.pos;
+            s.skip_ws();
+            match s.peek() {
+                Some(b',') => s.pos += 1,
+                Some(b']') => self.done = true,
+                _ => return Err(s.err("expected ',' or ']' in array")),
+            }
+            Ok(&s.b[start..end])
+        });
+        if item.is_err() {
+            self.done = true;
+        }
+        Some(item)
     }
 }
 
@@ -331,9 +396,12 @@ impl<'a> Scanner<'a> {
 
     /// Skips one JSON value of any kind, validating it.
     fn skip_value(&mut self) -> Result<(), ExtractError> {
-        // Open containers; `true` for an object. Depth is bounded so the
-        // stack is too.
-        let mut stack: Vec<bool> = Vec::new();
+        // Open containers as a bit stack (bit set: an object), `depth`
+        // deep. Nesting is bounded by MAX_DEPTH, so 128 bits hold it and
+        // no skip allocates.
+        const _: () = assert!(MAX_DEPTH <= 128);
+        let mut objects: u128 = 0;
+        let mut depth = 0usize;
         loop {
             // A value is expected here.
             self.skip_ws();
@@ -343,7 +411,7 @@ impl<'a> Scanner<'a> {
                 }
                 Some(b'{') | Some(b'[') => {
                     let is_obj = self.b[self.pos] == b'{';
-                    if stack.len() + 2 > MAX_DEPTH {
+                    if depth + 2 > MAX_DEPTH {
                         return Err(self.err("nesting too deep"));
                     }
                     self.pos += 1;
@@ -352,7 +420,8 @@ impl<'a> Scanner<'a> {
                     if self.peek() == Some(close) {
                         self.pos += 1;
                     } else {
-                        stack.push(is_obj);
+                        objects = (objects << 1) | u128::from(is_obj);
+                        depth += 1;
                         if is_obj {
                             self.key_colon()?;
                         }
@@ -367,9 +436,10 @@ impl<'a> Scanner<'a> {
             }
             // A value just ended: close containers or move to the next item.
             loop {
-                let Some(&is_obj) = stack.last() else {
+                if depth == 0 {
                     return Ok(());
-                };
+                }
+                let is_obj = objects & 1 == 1;
                 self.skip_ws();
                 match self.peek() {
                     Some(b',') => {
@@ -382,11 +452,13 @@ impl<'a> Scanner<'a> {
                     }
                     Some(b'}') if is_obj => {
                         self.pos += 1;
-                        stack.pop();
+                        objects >>= 1;
+                        depth -= 1;
                     }
                     Some(b']') if !is_obj => {
                         self.pos += 1;
-                        stack.pop();
+                        objects >>= 1;
+                        depth -= 1;
                     }
                     _ => return Err(self.err("expected ',' or a closing bracket")),
                 }

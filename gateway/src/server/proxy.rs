@@ -598,7 +598,7 @@ fn prepare(
         });
     }
     let parts = splice(bytes, &mut edits);
-    let mut request = Vec::new();
+    let mut request = w.bufs.take(0);
     build(
         &mut request,
         up,
@@ -611,7 +611,7 @@ fn prepare(
         },
     );
     let enc = tokens_for(route, &served);
-    let prompt_estimate = enc.and_then(|e| prompt_tokens(ep, e, bytes));
+    let prompt_estimate = enc.and_then(|e| prompt_tokens(ep, e, bytes, info));
     let acct = Accountant::new(
         enc,
         stream,
@@ -639,9 +639,9 @@ fn tokens_for(route: &crate::route::Route, served: &str) -> Option<Encoding> {
 }
 
 /// Prompt tokens of a request body, before forwarding.
-fn prompt_tokens(ep: Endpoint, enc: Encoding, body: &[u8]) -> Option<u64> {
+fn prompt_tokens(ep: Endpoint, enc: Encoding, body: &[u8], info: &BodyInfo<'_>) -> Option<u64> {
     match ep {
-        Endpoint::ChatCompletions => crate::tokens::chat_prompt_tokens(enc, body),
+        Endpoint::ChatCompletions => crate::tokens::chat_prompt_tokens_scanned(enc, body, info),
         Endpoint::Completions => crate::tokens::completion_prompt_tokens(enc, body),
         Endpoint::Embeddings => crate::tokens::embeddings_input_tokens(enc, body),
     }

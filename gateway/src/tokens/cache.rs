@@ -8,7 +8,13 @@
 //!
 //! Key: a keyed SipHash-1-3 (`std`'s `RandomState`, random per thread) of
 //! the encoding and each text's length and bytes. The entry also stores
-//! the texts' total length, checked on every hit. A wrong count needs two
+//! the texts' total length, checked on every hit.
+//!
+//! A second kind of unit, keyed the same way on a tagged encoding byte:
+//! one chat message's raw JSON bytes, as the client sent them (see
+//! [`message_tokens`]). A hit there skips parsing the message at all,
+//! which is most of a long chat history's cost; equal bytes are the same
+//! message, so the count is the same by construction. A wrong count needs two
 //! different units of equal length with equal 64-bit keyed hashes: about
 //! 2^-64 per pair by chance, and a client cannot aim for it without the
 //! key.
@@ -88,6 +94,15 @@ impl Cache {
         h.finish()
     }
 
+    /// Key of a message's raw bytes: the encoding byte is tagged so the
+    /// two kinds of unit never share a key by construction.
+    fn raw_key(&self, enc: Encoding, raw: &[u8]) -> u64 {
+        let mut h = self.keys.build_hasher();
+        h.write_u8(enc as u8 | 0x80);
+        h.write(raw);
+        h.finish()
+    }
+
     fn get(&mut self, key: u64, bytes: u64) -> Option<u64> {
         if let Some(e) = self.current.get(&key) {
             return (e.bytes == bytes).then_some(e.tokens);
@@ -158,6 +173,33 @@ pub(super) fn texts_tokens(enc: Encoding, texts: &[Cow<'_, str>], how: Counting)
     tokens
 }
 
+/// Tokens one chat message is charged beyond the fixed per-message
+/// framing, looked up by the message's raw JSON bytes; `count` parses and
+/// counts it on a miss (`None`: it cannot be counted, nothing is stored).
+pub(super) fn message_tokens(
+    enc: Encoding,
+    raw: &[u8],
+    how: Counting,
+    count: impl FnOnce() -> Option<u64>,
+) -> Option<u64> {
+    if !how.message_cache || raw.len() < MIN_BYTES {
+        return count();
+    }
+    let bytes = raw.len() as u64;
+    let Some((key, hit)) = with_cache(|c| {
+        let key = c.raw_key(enc, raw);
+        (key, c.get(key, bytes))
+    }) else {
+        return count();
+    };
+    if hit.is_some() {
+        return hit;
+    }
+    let tokens = count()?;
+    with_cache(|c| c.insert(key, Entry { bytes, tokens }));
+    Some(tokens)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +234,43 @@ mod tests {
         let c = Cache::new();
         assert_ne!(c.key(Encoding::O200k, &one), c.key(Encoding::O200k, &two));
         assert_ne!(c.key(Encoding::O200k, &one), c.key(Encoding::Cl100k, &one));
+    }
+
+    #[test]
+    fn raw_units_are_keyed_apart_from_texts() {
+        let c = Cache::new();
+        let text = "a message of some length";
+        let texts = vec![Cow::Borrowed(text)];
+        for enc in [Encoding::O200k, Encoding::Cl100k] {
+            assert_ne!(c.key(enc, &texts), c.raw_key(enc, text.as_bytes()));
+        }
+        assert_ne!(
+            c.raw_key(Encoding::O200k, b"{\"x\":1}"),
+            c.raw_key(Encoding::Cl100k, b"{\"x\":1}")
+        );
+    }
+
+    #[test]
+    fn raw_unit_counted_once_and_failures_not_stored() {
+        let raw = br#"{"role":"user","content":"counted once, then found by its bytes"}"#;
+        let mut calls = 0;
+        for _ in 0..3 {
+            let n = message_tokens(Encoding::O200k, raw, Counting::DEFAULT, || {
+                calls += 1;
+                Some(42)
+            });
+            assert_eq!(n, Some(42));
+        }
+        assert_eq!(calls, 1);
+        let other = br#"{"role":"user","content":"this one cannot be counted at all"}"#;
+        for _ in 0..2 {
+            let n = message_tokens(Encoding::O200k, other, Counting::DEFAULT, || {
+                calls += 1;
+                None
+            });
+            assert_eq!(n, None);
+        }
+        assert_eq!(calls, 3);
     }
 
     #[test]

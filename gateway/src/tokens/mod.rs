@@ -53,8 +53,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use prompt::{
-    chat_prompt_tokens, chat_prompt_tokens_value, chat_prompt_tokens_with,
-    completion_prompt_tokens, embeddings_input_tokens,
+    chat_prompt_tokens, chat_prompt_tokens_scanned, chat_prompt_tokens_scanned_with,
+    chat_prompt_tokens_value, chat_prompt_tokens_with, completion_prompt_tokens,
+    embeddings_input_tokens,
 };
 
 /// A BPE encoding.

@@ -218,6 +218,45 @@ pub fn chat_prompt_tokens_with(enc: Encoding, body: &[u8], how: Counting) -> Opt
     chat_body(enc, body.0?, how)
 }
 
+/// [`chat_prompt_tokens`] of a body that [`crate::route::extract`]
+/// already scanned (the gateway's path): the same count, but each
+/// message is looked up by its raw bytes first and parsed only when this
+/// worker has not counted those exact bytes recently. A body with tool or
+/// function definitions takes the full parse.
+pub fn chat_prompt_tokens_scanned(
+    enc: Encoding,
+    body: &[u8],
+    info: &crate::route::BodyInfo<'_>,
+) -> Option<u64> {
+    chat_prompt_tokens_scanned_with(enc, body, info, Counting::DEFAULT)
+}
+
+/// [`chat_prompt_tokens_scanned`] with a chosen engine and caching.
+pub fn chat_prompt_tokens_scanned_with(
+    enc: Encoding,
+    body: &[u8],
+    info: &crate::route::BodyInfo<'_>,
+    how: Counting,
+) -> Option<u64> {
+    if info.tool_definitions {
+        return chat_prompt_tokens_with(enc, body, how);
+    }
+    let items = crate::route::array_items(body.get(info.messages.clone()?)?)?;
+    let mut n = REPLY_PRIMING;
+    for raw in items {
+        let raw = raw.ok()?;
+        n += PER_MESSAGE;
+        n += cache::message_tokens(enc, raw, how, || {
+            let m: Obj<Message<'_>> = serde_json::from_slice(raw).ok()?;
+            Some(m.0.map_or(0, |m| {
+                let texts = m.texts.iter().map(|t| enc.count_with(t, how.engine) as u64);
+                PER_NAME * u64::from(m.name) + PER_TOOL_CALL * m.calls + texts.sum::<u64>()
+            }))
+        })?;
+    }
+    Some(n)
+}
+
 /// [`chat_prompt_tokens`] of an already parsed body (the mock).
 pub fn chat_prompt_tokens_value(enc: Encoding, body: &Value) -> Option<u64> {
     let body = Obj::<ChatBody<'_>>::deserialize(body).ok()?;

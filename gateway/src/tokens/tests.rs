@@ -19,6 +19,25 @@ fn chat(enc: Encoding, body: &Value) -> Option<u64> {
             assert_eq!(chat_prompt_tokens_with(enc, &bytes, how), n, "{how:?}");
         }
     }
+    // The gateway's path (raw messages after the route scan) too, twice
+    // so the second call is served by the raw-message cache.
+    if let Some(obj) = body.as_object() {
+        let mut obj = obj.clone();
+        obj.entry("model").or_insert_with(|| json!("m"));
+        let bytes = serde_json::to_vec(&obj).unwrap();
+        let info = crate::route::extract(&bytes).unwrap();
+        for message_cache in [false, true, true] {
+            let how = Counting {
+                engine: Engine::Bpe,
+                message_cache,
+            };
+            assert_eq!(
+                chat_prompt_tokens_scanned_with(enc, &bytes, &info, how),
+                n,
+                "scanned, {how:?}"
+            );
+        }
+    }
     n
 }
 
@@ -230,6 +249,33 @@ fn not_counted_without_messages() {
 }
 
 #[test]
+fn scanned_path_matches_on_odd_bodies() {
+    // Formatting, duplicate keys (the last `messages` counts, as in the
+    // full parse), escapes and non-object items: the raw path agrees.
+    for enc in BOTH {
+        for body in [
+            &br#"{"model":"m","messages":[{"role":"user","content":"a"}],"messages":[{"role":"user","content":"bb bb"},7]}"#[..],
+            br#"{ "model" : "m" , "messages" : [ { "content" : "x\u00e9\ny" , "role" : "user" , "name" : "n" } , null , [] ] }"#,
+            br#"{"model":"m","messages":"not an array"}"#,
+            br#"{"model":"m"}"#,
+            br#"{"model":"m","messages":[]}"#,
+            br#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":"{}"}}]}]}"#,
+        ] {
+            let info = crate::route::extract(body).unwrap();
+            let want = chat_prompt_tokens(enc, body);
+            for _ in 0..2 {
+                assert_eq!(
+                    chat_prompt_tokens_scanned(enc, body, &info),
+                    want,
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn odd_tool_shapes_are_tolerated() {
     let body = json!({
         "messages": [{"role": "user", "content": "hi"}],
@@ -317,9 +363,14 @@ fn history_hits_the_message_cache() {
                 message_cache: false,
                 ..Counting::DEFAULT
             };
+            let expected = chat_prompt_tokens_with(enc, &body, uncached);
+            assert_eq!(chat_prompt_tokens(enc, &body), expected);
+            let with_model =
+                serde_json::to_vec(&json!({"model": "m", "messages": messages})).unwrap();
+            let info = crate::route::extract(&with_model).unwrap();
             assert_eq!(
-                chat_prompt_tokens(enc, &body),
-                chat_prompt_tokens_with(enc, &body, uncached)
+                chat_prompt_tokens_scanned(enc, &with_model, &info),
+                expected
             );
         }
         messages.push(json!({"role": "assistant", "content": format!("answer {turn}")}));

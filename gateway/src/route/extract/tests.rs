@@ -2,6 +2,34 @@ use super::*;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
+/// Keys and value spans of a valid object's top level.
+fn top_level_spans(b: &[u8]) -> Vec<(String, std::ops::Range<usize>)> {
+    let mut s = Scanner { b, pos: 0 };
+    let mut out = Vec::new();
+    s.skip_ws();
+    assert_eq!(s.peek(), Some(b'{'));
+    s.pos += 1;
+    s.skip_ws();
+    if s.peek() == Some(b'}') {
+        return out;
+    }
+    loop {
+        s.skip_ws();
+        let key = s.string().unwrap().into_owned();
+        s.skip_ws();
+        s.pos += 1;
+        s.skip_ws();
+        let start = s.pos;
+        s.skip_value().unwrap();
+        out.push((key, start..s.pos));
+        s.skip_ws();
+        s.pos += 1;
+        if s.b[s.pos - 1] == b'}' {
+            return out;
+        }
+    }
+}
+
 fn model_of(body: &str) -> Result<String, ExtractError> {
     extract(body.as_bytes()).map(|i| i.model.into_owned())
 }
@@ -186,6 +214,7 @@ fn key() -> impl Strategy<Value = String> {
         Just("model".to_string()),
         Just("messages".to_string()),
         Just("stream".to_string()),
+        Just("tools".to_string()),
         ".{0,8}",
     ]
 }
@@ -282,6 +311,27 @@ proptest! {
                 prop_assert_eq!(token.as_str(), Some(s.as_str()));
                 prop_assert_eq!(info.stream, parsed.get("stream") == Some(&Value::Bool(true)));
                 prop_assert_eq!(text.as_bytes()[info.object_end], b'}');
+                let messages = info.messages.clone().map(|r| serde_json::from_str::<Value>(&text[r]).unwrap());
+                prop_assert_eq!(messages.as_ref(), parsed.get("messages"));
+                prop_assert_eq!(
+                    info.tool_definitions,
+                    parsed.get("tools").is_some() || parsed.get("functions").is_some()
+                );
+                // Every array value's items, as the item iterator sees them.
+                for (k, span) in top_level_spans(text.as_bytes()) {
+                    let v = &parsed[k.as_str()];
+                    let items = array_items(&text.as_bytes()[span]);
+                    match v {
+                        Value::Array(want) => {
+                            let got: Vec<Value> = items
+                                .unwrap()
+                                .map(|i| serde_json::from_slice(i.unwrap()).unwrap())
+                                .collect();
+                            prop_assert_eq!(&got, want);
+                        }
+                        _ => prop_assert!(items.is_none()),
+                    }
+                }
             }
             Some(_) => prop_assert_eq!(got, Err(ExtractError::ModelNotString)),
             None => prop_assert_eq!(got, Err(ExtractError::MissingModel)),
