@@ -14,7 +14,6 @@ mod admin;
 mod admin_breakers;
 mod admin_keys;
 mod admin_usage;
-mod bufs;
 mod client;
 mod conn;
 mod drain;

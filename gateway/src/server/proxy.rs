@@ -598,7 +598,7 @@ fn prepare(
         });
     }
     let parts = splice(bytes, &mut edits);
-    let mut request = w.bufs.take(0);
+    let mut request = Vec::new();
     build(
         &mut request,
         up,

@@ -167,7 +167,7 @@ pub async fn relay(
         let wait = at
             .first_byte_limit
             .map_or(cfg.response_timeout, |l| l.min(cfg.response_timeout));
-        match read_head(&mut conn, wait, &up.cfg.name, w.bufs.take(READ_BUF)).await {
+        match read_head(&mut conn, wait, &up.cfg.name).await {
             Ok((buf, head)) => break (conn, buf, head),
             // A pooled connection the server had closed fails at once;
             // one that dies later may have been working on the request,
@@ -187,7 +187,6 @@ pub async fn relay(
         }
     };
     log.ttfb = Some(started.elapsed());
-    w.bufs.give(request);
     let status = head.status;
     let class = Class::of_status(status, &buf[head.len..]);
     if class == Class::Auth {
@@ -232,7 +231,7 @@ pub async fn relay(
     (at.on_head)(status);
     let rewrite = acct.start(status, p.strip_usage, p.add_usage);
 
-    let mut out = w.bufs.take(1024 + buf.len());
+    let mut out = Vec::with_capacity(1024 + buf.len());
     let mut prompt_value = Vec::new();
     if let Some(n) = acct.prompt_estimate() {
         push_u64(&mut prompt_value, n);
@@ -325,9 +324,7 @@ pub async fn relay(
                     let at = begin_payload(&mut out, emit);
                     acct.end(Some(&mut out));
                     end_payload(&mut out, at, chunked, true);
-                    let (res, back) = wr.write_all(out).await;
-                    out = back;
-                    if res.is_err() {
+                    if wr.write_all(out).await.0.is_err() {
                         return Ok(Done::Aborted { status: 499 });
                     }
                 }
@@ -369,8 +366,6 @@ pub async fn relay(
             return Ok(Done::Aborted { status: 499 });
         }
     }
-    w.bufs.give(buf);
-    w.bufs.give(out);
     Ok(Done::Relayed {
         status,
         close: close_after || framing == ClientFraming::Dechunk || framing == ClientFraming::Close,
@@ -471,10 +466,9 @@ async fn read_head(
     conn: &mut UpConn,
     timeout: Duration,
     name: &str,
-    buf: Vec<u8>,
 ) -> Result<(Vec<u8>, ResponseHead), HeadError> {
     let work = async {
-        let mut buf = buf;
+        let mut buf = Vec::with_capacity(READ_BUF);
         loop {
             let (res, b) = conn.read_more(buf).await;
             buf = b;

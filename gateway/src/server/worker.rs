@@ -56,8 +56,6 @@ pub struct Worker {
     pub drain: Rc<Drain>,
     /// Open client connections.
     pub active: Cell<usize>,
-    /// Free request, response and output buffers.
-    pub bufs: super::bufs::Bufs,
     ids: RequestIds,
 }
 
@@ -223,7 +221,6 @@ pub async fn run(
         picker: RefCell::new(Picker::default()),
         drain: Rc::new(Drain::default()),
         active: Cell::new(0),
-        bufs: Default::default(),
         ids: RequestIds::new(id),
     });
     tracing::info!(worker = id, driver = driver.name(), listen = %shared.cfg.server.listen, "worker started");
