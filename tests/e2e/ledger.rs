@@ -5,7 +5,7 @@
 //! while Redis is down.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -144,6 +144,14 @@ fn spooled_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// A spool directory no earlier run has used: records left in one by a
+/// killed run would be replayed into this test's Redis.
+fn fresh_spool() -> PathBuf {
+    let d = tmpdir().join("spool");
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
 fn wait_exact(url: &str, want: Sums, limit: Duration) {
     let mut last = None;
     let ok = eventually(limit, || {
@@ -180,7 +188,7 @@ fn config_with(m: &Proc, redis: SocketAddr, admin: u16, spool: &Path, store: &st
 fn redis_totals_equal_the_usage_clients_received() {
     let r = redis();
     let m = mock(&[]);
-    let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
+    let spool = fresh_spool();
     let admin = free_port();
     let g = gateway(&config(&m, r.addr, admin, &spool), &[]);
     let done = Arc::new(AtomicUsize::new(0));
@@ -361,7 +369,7 @@ fn ledger_config_errors_name_the_key() {
 fn sigterm_drains_the_queue_to_redis() {
     let r = redis();
     let m = mock(&[]);
-    let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
+    let spool = fresh_spool();
     // A batch would only close after 30 s: everything is still in the
     // ledger when SIGTERM comes.
     let cfg = config_with(
@@ -399,7 +407,7 @@ fn sigterm_drains_the_queue_to_redis() {
 fn a_full_queue_spills_to_disk_and_still_bills_exactly() {
     let r = redis();
     let m = mock(&[]);
-    let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
+    let spool = fresh_spool();
     let admin = free_port();
     let cfg = config_with(
         &m,
@@ -438,7 +446,7 @@ fn two_nodes_sharing_one_redis_add_up_exactly() {
     let r = redis();
     let m = mock(&[]);
     let node = || {
-        let spool = std::env::temp_dir().join(format!("tollgate-e2e-spool-{}", free_port()));
+        let spool = fresh_spool();
         gateway(&config(&m, r.addr, free_port(), &spool), &[])
     };
     let (a, b) = (node(), node());

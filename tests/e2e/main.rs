@@ -303,6 +303,68 @@ fn slow_clients_get_408_and_idle_ones_are_closed() {
     );
 }
 
+/// A `/metrics` gauge, polled until `want(value)` or 5 s; returns the last value.
+fn gauge(admin: u16, name: &str, want: impl Fn(u64) -> bool) -> u64 {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let key = format!("{name} ");
+    let mut last = u64::MAX;
+    eventually(Duration::from_secs(5), || {
+        let text = request(addr, &get("/metrics")).text();
+        last = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(u64::MAX);
+        want(last)
+    });
+    last
+}
+
+#[test]
+fn idle_connections_park_and_answer_their_next_request() {
+    let m = mock(&[]);
+    let admin = free_port();
+    let g = gateway(
+        &config_for(
+            &m,
+            &format!(
+                "admin_listen = \"127.0.0.1:{admin}\"\nidle_buffer_release = \"50ms\"\nidle_timeout = \"30s\"\n"
+            ),
+            BASIC_MODELS,
+        ),
+        &[],
+    );
+    let req = chat(r#"{"model":"gpt-4o","max_tokens":3}"#);
+    let mut conns: Vec<Conn> = (0..3).map(|_| Conn::open(g.addr)).collect();
+    for c in &mut conns {
+        c.send(&req);
+        assert_eq!(c.read_response().unwrap().status, 200);
+    }
+    assert_eq!(gauge(admin, "tollgate_client_connections", |v| v == 3), 3);
+    // Idle past the release time: every one parks (its read buffer freed).
+    assert_eq!(
+        gauge(admin, "tollgate_client_connections_parked", |v| v == 3),
+        3
+    );
+    // A parked connection reads its next request whole, however it comes.
+    conns[0].send(&req);
+    assert_eq!(conns[0].read_response().unwrap().status, 200);
+    let (a, b) = req.split_at(7);
+    conns[1].send(a);
+    conns[1].send(b);
+    assert_eq!(conns[1].read_response().unwrap().status, 200);
+    // A client that leaves while parked is closed and uncounted.
+    conns.pop();
+    assert_eq!(gauge(admin, "tollgate_client_connections", |v| v == 2), 2);
+    // The two that answered park again once idle.
+    assert_eq!(
+        gauge(admin, "tollgate_client_connections_parked", |v| v == 2),
+        2
+    );
+    conns[0].send(&req);
+    assert_eq!(conns[0].read_response().unwrap().status, 200);
+}
+
 #[test]
 fn chunked_request_bodies_and_expect_continue() {
     let (_m, g) = basic();
@@ -896,6 +958,12 @@ targets = [{ upstream = "a" }]
     assert_eq!(code, 2);
     assert!(
         err.contains("server") && err.contains("unknown field `wokers`"),
+        "{err}"
+    );
+    let (code, err, _) = check_config("[server]\nidle_buffer_release = \"250\"\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("server.idle_buffer_release: `250` has no unit"),
         "{err}"
     );
     let (code, err, _) = check_config("[server]\nio_uring_task_run = \"eager\"\n");

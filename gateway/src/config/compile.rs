@@ -117,6 +117,11 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
         header_timeout: errs.duration("server.header_timeout", &s.header_timeout, d.header_timeout),
         body_timeout: errs.duration("server.body_timeout", &s.body_timeout, d.body_timeout),
         idle_timeout: errs.duration("server.idle_timeout", &s.idle_timeout, d.idle_timeout),
+        idle_buffer_release: errs.duration(
+            "server.idle_buffer_release",
+            &s.idle_buffer_release,
+            d.idle_buffer_release,
+        ),
     };
     let server = ServerConfig {
         listen,

@@ -219,6 +219,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Keep-alive idle time.
     pub idle_timeout: Duration,
+    /// Keep-alive idle time after which the connection's read buffer is
+    /// freed (see `server::client`).
+    pub idle_buffer_release: Duration,
 }
 
 impl Default for Limits {
@@ -229,6 +232,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            idle_buffer_release: Duration::from_millis(250),
         }
     }
 }

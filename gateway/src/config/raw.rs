@@ -198,6 +198,9 @@ pub struct RawServer {
     pub body_timeout: Option<String>,
     /// Keep-alive idle time before the server closes. Default "60s".
     pub idle_timeout: Option<String>,
+    /// Keep-alive idle time after which a connection's read buffer (4 KiB)
+    /// is freed until the client sends again. Default "250ms".
+    pub idle_buffer_release: Option<String>,
     /// How long in-flight requests may run after SIGTERM. Default "30s".
     pub shutdown_grace: Option<String>,
     /// Add `x-tollgate-upstream` / `x-tollgate-model` to responses. Default true.

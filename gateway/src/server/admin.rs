@@ -141,6 +141,7 @@ async fn serve(mut s: TcpStream, shared: &Shared, driver: Option<Driver>) {
                 crate::health::render(&shared.health, &shared.upstreams, &mut text);
                 shared.auth.metrics.render(&mut text);
                 shared.ledger.render(&mut text);
+                shared.conns.render(&mut text);
                 full(
                     &mut out,
                     200,

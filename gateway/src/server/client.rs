@@ -7,13 +7,20 @@
 //! is still pending when the response ends, the same read simply becomes
 //! the wait for the next keep-alive request. Disconnect detection therefore
 //! costs no extra system call or SQE per request.
+//!
+//! That read owns its buffer, so an idle keep-alive connection holds
+//! [`READ_CHUNK`] bytes for as long as it idles. Past a while idle the
+//! connection is parked: the read is cancelled (any bytes it got first are
+//! kept), the buffer freed, and the connection waits for readiness, which
+//! needs no buffer. Parking costs a cancel and a poll, paid only by a
+//! client that comes back after idling, never on back-to-back requests.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, OwnedReadHalf};
+use monoio::io::{CancelableAsyncReadRent, Canceller, OwnedReadHalf};
 use monoio::net::TcpStream;
 
 type ReadHalf = OwnedReadHalf<TcpStream>;
@@ -33,6 +40,8 @@ pub struct ClientIn {
     state: State,
     /// Set once a read returned EOF or an error.
     closed: bool,
+    /// Cancels the read in flight when the connection is parked.
+    canceller: Canceller,
 }
 
 /// Smallest spare capacity offered to a read. Every idle keep-alive
@@ -50,6 +59,7 @@ impl ClientIn {
         ClientIn {
             state: State::Idle(rd, Vec::with_capacity(READ_CHUNK)),
             closed: false,
+            canceller: Canceller::new(),
         }
     }
 
@@ -102,10 +112,11 @@ impl ClientIn {
             if buf.capacity() - buf.len() < READ_CHUNK {
                 buf.reserve(READ_CHUNK);
             }
+            let cancel = self.canceller.handle();
             self.state = State::InFlight(Box::pin(async move {
                 let len = buf.len();
                 let cap = buf.capacity();
-                let (res, slice) = rd.read(buf.slice_mut(len..cap)).await;
+                let (res, slice) = rd.cancelable_read(buf.slice_mut(len..cap), cancel).await;
                 (rd, res, slice.into_inner())
             }));
         }
@@ -126,6 +137,43 @@ impl ClientIn {
             Ok(_) => {}
         }
         res
+    }
+
+    /// Parks an idle connection: cancels the read in flight and frees the
+    /// buffer. `None`: parked, wait with [`ClientIn::readable`]. `Some`:
+    /// the read ended before the cancel took effect, with what
+    /// [`ClientIn::complete`] would have returned (bytes, EOF or error).
+    pub async fn park(&mut self) -> Option<io::Result<usize>> {
+        if self.in_flight() {
+            self.canceller = std::mem::take(&mut self.canceller).cancel();
+            match self.complete().await {
+                // Cancelled before any byte came: not a close.
+                Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => self.closed = false,
+                done => return Some(done),
+            }
+        }
+        if let State::Idle(_, buf) = &mut self.state
+            && buf.is_empty()
+        {
+            *buf = Vec::new();
+        }
+        None
+    }
+
+    /// Waits until the connection is readable (data or EOF), holding no
+    /// buffer; the next [`ClientIn::complete`] reads with a fresh one.
+    pub async fn readable(&self) -> io::Result<()> {
+        let State::Idle(rd, _) = &self.state else {
+            return Ok(());
+        };
+        // SAFETY: the read half and the write half share the stream through
+        // an `UnsafeCell`; monoio borrows it mutably only inside a read or
+        // write call of the owning half. This connection's task is the only
+        // user of both halves, no read is in flight (the state is `Idle`)
+        // and the task is waiting here, so no write call runs while this
+        // shared borrow lives. `readable` only needs the file descriptor.
+        let stream: &TcpStream = unsafe { &*rd.0.get() };
+        stream.readable(false).await
     }
 }
 
@@ -180,6 +228,109 @@ mod tests {
             drop(c);
             assert_eq!(cin.complete().await.unwrap(), 0);
             assert!(cin.capacity() <= 2 * READ_CHUNK, "{}", cin.capacity());
+        });
+    }
+
+    /// Runs `body` on a runtime of each driver.
+    fn on_both_drivers<F: Future<Output = ()>>(body: impl Fn() -> F) {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(body());
+        let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(body());
+    }
+
+    /// An accepted connection's reader and the peer's socket.
+    async fn pair() -> (ClientIn, std::net::TcpStream) {
+        let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let (rd, wr) = s.into_split();
+        // The write half lives as long as the test needs the socket open.
+        std::mem::forget(wr);
+        (ClientIn::new(rd), peer)
+    }
+
+    #[test]
+    fn a_parked_connection_holds_no_buffer_and_reads_what_comes_next() {
+        on_both_drivers(|| async {
+            let (mut cin, mut peer) = pair().await;
+            cin.start();
+            assert!(cin.in_flight());
+            assert!(cin.park().await.is_none(), "nothing was sent: parked");
+            assert!(!cin.in_flight() && !cin.is_closed());
+            assert_eq!(cin.capacity(), 0, "a parked connection owns no buffer");
+            peer.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            cin.readable().await.unwrap();
+            assert_eq!(cin.capacity(), 0, "waiting for readiness takes no buffer");
+            let n = cin.complete().await.unwrap();
+            assert_eq!(&cin.buf()[..n], b"GET / HTTP/1.1\r\n\r\n");
+            // Parked again, then the client leaves: EOF, not an error.
+            cin.consume(n);
+            assert!(cin.park().await.is_none());
+            drop(peer);
+            cin.readable().await.unwrap();
+            assert_eq!(cin.complete().await.unwrap(), 0);
+            assert!(cin.is_closed());
+        });
+    }
+
+    /// Polls the reader's read once (submitting it), without waiting.
+    async fn submit(cin: &mut ClientIn) {
+        let mut read = std::pin::pin!(cin.complete());
+        std::future::poll_fn(|cx| {
+            assert!(read.as_mut().poll(cx).is_pending(), "nothing was sent yet");
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+
+    /// Parks, then reads on as the connection loop does; returns what the
+    /// next read brought.
+    async fn park_and_read(cin: &mut ClientIn) -> usize {
+        match cin.park().await {
+            Some(r) => r.unwrap(),
+            None => {
+                cin.readable().await.unwrap();
+                cin.complete().await.unwrap()
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_that_race_the_cancel_are_not_lost() {
+        const REQ: &[u8] = b"POST /v1/chat/completions HTTP/1.1\r\n";
+        on_both_drivers(|| async {
+            // Sent before the read is submitted, and after.
+            for sent_first in [true, false] {
+                let (mut cin, mut peer) = pair().await;
+                if sent_first {
+                    peer.write_all(REQ).unwrap();
+                    cin.start();
+                } else {
+                    submit(&mut cin).await;
+                    peer.write_all(REQ).unwrap();
+                }
+                let n = park_and_read(&mut cin).await;
+                assert_eq!(&cin.buf()[..n], REQ, "sent first: {sent_first}");
+                assert!(!cin.is_closed());
+            }
+        });
+    }
+
+    #[test]
+    fn parking_a_connection_at_eof_reports_the_eof() {
+        on_both_drivers(|| async {
+            let (mut cin, peer) = pair().await;
+            submit(&mut cin).await;
+            drop(peer);
+            assert_eq!(park_and_read(&mut cin).await, 0);
+            assert!(cin.is_closed());
         });
     }
 }

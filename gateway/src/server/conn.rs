@@ -5,15 +5,18 @@
 //! error response (the stream position is unknown); errors after it keep
 //! the connection.
 
+use std::pin::{Pin, pin};
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncWriteRentExt, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
+use monoio::time::Sleep;
 
 use super::client::ClientIn;
 use super::local;
 use super::proxy::{self, Endpoint};
 use super::worker::Worker;
+use crate::config::Limits;
 use crate::error::{Error, Kind};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::response::{self, CONTINUE_100};
@@ -175,6 +178,9 @@ async fn read_head(
 ) -> Result<Option<(RequestHead, Instant)>, Error> {
     let limits = w.cfg().server.limits;
     let mut first_byte_at: Option<Instant> = None;
+    // One timer serves every wait for this head: a monoio timer takes 640
+    // bytes, and an idle connection's task is mostly its waits.
+    let mut timer = pin!(monoio::time::sleep(limits.idle_timeout));
     loop {
         if !cin.buf().is_empty() && !cin.in_flight() {
             let t0 = *first_byte_at.get_or_insert_with(Instant::now);
@@ -197,25 +203,27 @@ async fn read_head(
                 if w.drain.is_raised() {
                     return Ok(None);
                 }
-                let wait = monoio::time::timeout(limits.idle_timeout, cin.complete());
                 monoio::select! {
-                    r = wait => r,
+                    r = idle_wait(w, cin, &limits, timer.as_mut()) => r,
                     _ = w.drain.wait() => return Ok(None),
                 }
             }
             Some(t0) => {
-                let left = limits.header_timeout.saturating_sub(t0.elapsed());
-                monoio::time::timeout(left, cin.complete()).await
+                reset(timer.as_mut(), t0 + limits.header_timeout);
+                monoio::select! {
+                    r = cin.complete() => Some(r),
+                    _ = timer.as_mut() => None,
+                }
             }
         };
         match read {
-            Ok(Ok(0)) | Ok(Err(_)) => {
+            Some(Ok(0) | Err(_)) => {
                 // EOF mid-head is the client's loss; nothing to answer.
                 return Ok(None);
             }
-            Ok(Ok(_)) => {}
-            Err(_) if first_byte_at.is_none() => return Ok(None),
-            Err(_) => {
+            Some(Ok(_)) => {}
+            None if first_byte_at.is_none() => return Ok(None),
+            None => {
                 return Err(Error::new(
                     Kind::RequestTimeout,
                     "request head not received in time",
@@ -223,6 +231,51 @@ async fn read_head(
             }
         }
     }
+}
+
+/// Waits for the next request's first bytes on a keep-alive connection,
+/// up to the idle timeout (`None`: timed out); past `idle_buffer_release`
+/// the connection is parked (its read buffer freed) and waits for
+/// readiness instead.
+async fn idle_wait(
+    w: &Worker,
+    cin: &mut ClientIn,
+    limits: &Limits,
+    mut timer: Pin<&mut Sleep>,
+) -> Option<std::io::Result<usize>> {
+    let start = Instant::now();
+    let parks = limits.idle_buffer_release < limits.idle_timeout && cin.buf().is_empty();
+    let first = if parks {
+        limits.idle_buffer_release
+    } else {
+        limits.idle_timeout
+    };
+    reset(timer.as_mut(), start + first);
+    monoio::select! {
+        r = cin.complete() => return Some(r),
+        _ = timer.as_mut() => {}
+    }
+    if !parks {
+        return None;
+    }
+    reset(timer.as_mut(), start + limits.idle_timeout);
+    let parked = async {
+        if let Some(r) = cin.park().await {
+            return r;
+        }
+        let parked = w.shared.conns.parked();
+        cin.readable().await?;
+        drop(parked);
+        cin.complete().await
+    };
+    monoio::select! {
+        r = parked => Some(r),
+        _ = timer => None,
+    }
+}
+
+fn reset(timer: Pin<&mut Sleep>, at: Instant) {
+    timer.reset(monoio::time::Instant::from_std(at));
 }
 
 fn header_too_large(max: usize) -> Error {

@@ -16,6 +16,7 @@ mod admin_keys;
 mod admin_usage;
 mod client;
 mod conn;
+mod conn_gauges;
 mod drain;
 mod local;
 mod proxy;
@@ -114,6 +115,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
         cfg: cfg.clone(),
         upstreams,
         started: Instant::now(),
+        conns: Default::default(),
     });
     // The admin listener is up before any worker accepts, so a node that
     // answers on its client port also answers on its admin port. `/status`

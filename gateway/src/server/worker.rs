@@ -14,7 +14,8 @@ use crate::config::{Config, DriverChoice, TaskRun};
 use crate::route::Picker;
 use crate::upstream::{Pool, UpstreamRuntime};
 
-/// Read-only state built once and shared by all workers.
+/// State built once and shared by all workers: read-only but for its
+/// counters.
 pub struct Shared {
     /// The config.
     pub cfg: Arc<Config>,
@@ -40,6 +41,8 @@ pub struct Shared {
     /// The billing ledger (also one of the sinks), for `/admin/usage`
     /// and `/metrics`.
     pub ledger: Arc<crate::ledger::Ledger>,
+    /// Open and parked client connections, rendered at `/metrics`.
+    pub conns: super::conn_gauges::ConnGauges,
 }
 
 /// Per-worker state, owned by the worker thread.
@@ -253,6 +256,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
                 let w = worker.clone();
                 w.active.set(w.active.get() + 1);
                 monoio::spawn(async move {
+                    let _open = w.shared.conns.open();
                     super::conn::serve(&w, stream).await;
                     w.active.set(w.active.get() - 1);
                 });
