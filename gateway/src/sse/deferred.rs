@@ -58,16 +58,15 @@ impl DeferredText {
     pub fn event(&mut self, ev: &Event<'_>) -> Decoded {
         let data = ev.data.as_ref();
         let is_error = ev.event.as_deref() == Some(b"error");
+        // Decoded now: errors, `[DONE]`, an event larger than the hold,
+        // multi-line data (joined with `\n`, the separator of held data),
+        // and any event that may carry usage.
         if is_error
-            || usage_present(data)
-            || escaped_usage_letter(data)
+            || data.len() >= HOLD_MAX
             || data.trim_ascii() == b"[DONE]"
+            || multi_line_or_escaped_usage_letter(data)
+            || usage_present(data)
         {
-            return self.decode_now(ev);
-        }
-        if memchr::memchr(b'\n', data).is_some() || data.len() >= HOLD_MAX {
-            // Multi-line data (joined with `\n`, the separator here) or
-            // an event larger than the hold: decode it now.
             return self.decode_now(ev);
         }
         if self.held_len + data.len() + 1 > HOLD_MAX {
@@ -146,20 +145,21 @@ fn usage_present(data: &[u8]) -> bool {
     false
 }
 
-/// A `\u00XX` escape of a letter of `usage`: the only way a key can spell
-/// it without the bytes `"usage"` (serde unescapes keys). Such data is
-/// decoded at once. Providers that escape text escape non-ASCII
-/// characters, not these letters, so content deltas stay deferred.
-fn escaped_usage_letter(data: &[u8]) -> bool {
-    static FINDER: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(b"\\u00"));
-    FINDER.find_iter(data).any(|at| {
-        data.get(at + 4..at + 6).is_some_and(|h| {
-            matches!(
-                [h[0], h[1].to_ascii_lowercase()],
-                [b'7', b'5' | b'3'] | [b'6', b'1' | b'7' | b'5']
-            )
-        })
+/// The data has more than one line, or a `\u00XX` escape of a letter of
+/// `usage`: the only way a key can spell it without the bytes `"usage"`
+/// (serde unescapes keys). Both are decoded at once; one pass finds both.
+/// Providers that escape text escape non-ASCII characters, not these
+/// letters, so content deltas stay deferred.
+fn multi_line_or_escaped_usage_letter(data: &[u8]) -> bool {
+    memchr::memchr2_iter(b'\n', b'\\', data).any(|at| {
+        data[at] == b'\n'
+            || data.get(at + 1..at + 6).is_some_and(|h| {
+                h[..3] == *b"u00"
+                    && matches!(
+                        [h[3], h[4].to_ascii_lowercase()],
+                        [b'7', b'5' | b'3'] | [b'6', b'1' | b'7' | b'5']
+                    )
+            })
     })
 }
 
