@@ -71,8 +71,7 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
             // state, and an idle keep-alive connection should carry only
             // the wait for its next head (release build: a 1.2 KB task;
             // 2.2 KB with the body read and the timer inline, several KB
-            // with the proxy
-            // inline). One allocation per request.
+            // with the proxy inline). One allocation per request.
             Box::pin(async {
                 let body = read_body(w, &mut cin, &mut wr, &head)
                     .await
