@@ -198,8 +198,10 @@ pub struct RawServer {
     pub body_timeout: Option<String>,
     /// Keep-alive idle time before the server closes. Default "60s".
     pub idle_timeout: Option<String>,
-    /// Keep-alive idle time after which a connection's read buffer (4 KiB)
-    /// is freed until the client sends again. Default "250ms".
+    /// Keep-alive idle time after which a connection is parked: its read
+    /// buffer (4 KiB) and timer are freed until the client sends again, and
+    /// `idle_timeout` is then enforced by a per-worker sweep, up to
+    /// `idle_timeout / 8` (at most 1 s) late. Default "250ms".
     pub idle_buffer_release: Option<String>,
     /// How long in-flight requests may run after SIGTERM. Default "30s".
     pub shutdown_grace: Option<String>,

@@ -32,12 +32,13 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
     // Only local answers and errors use it: allocated on first use, so an
     // idle keep-alive connection holds just its read buffer.
     let mut out: Vec<u8> = Vec::new();
-    // The timer of every wait for a head, on the heap for the connection's
-    // life: a monoio timer is 640 bytes aligned to 128, and inline it
-    // would make the whole task that aligned (and padded) for one wait.
-    let mut timer = Box::pin(monoio::time::sleep(w.cfg().server.limits.idle_timeout));
+    // The timer of every wait for a head, on the heap: a monoio timer is
+    // 640 bytes aligned to 128, and inline it would make the whole task
+    // that aligned (and padded) for one wait. Made on first use, reset
+    // for each wait, freed while the connection is parked.
+    let mut timer: Timer = None;
     loop {
-        let (head, started) = match read_head(w, &mut cin, timer.as_mut()).await {
+        let (head, started) = match read_head(w, &mut cin, &mut timer).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(e) => {
@@ -180,7 +181,7 @@ async fn respond_error(wr: &mut ClientOut, out: &mut Vec<u8>, e: &Error, rid: &[
 async fn read_head(
     w: &Worker,
     cin: &mut ClientIn,
-    mut timer: Pin<&mut Sleep>,
+    timer: &mut Timer,
 ) -> Result<Option<(RequestHead, Instant)>, Error> {
     let limits = w.cfg().server.limits;
     let mut first_byte_at: Option<Instant> = None;
@@ -207,15 +208,14 @@ async fn read_head(
                     return Ok(None);
                 }
                 monoio::select! {
-                    r = idle_wait(w, cin, &limits, timer.as_mut()) => r,
+                    r = idle_wait(w, cin, &limits, timer) => r,
                     _ = w.drain.wait() => return Ok(None),
                 }
             }
             Some(t0) => {
-                reset(timer.as_mut(), t0 + limits.header_timeout);
                 monoio::select! {
                     r = cin.complete() => Some(r),
-                    _ = timer.as_mut() => None,
+                    _ = arm(timer, t0 + limits.header_timeout) => None,
                 }
             }
         };
@@ -237,14 +237,14 @@ async fn read_head(
 }
 
 /// Waits for the next request's first bytes on a keep-alive connection,
-/// up to the idle timeout (`None`: timed out); past `idle_buffer_release`
-/// the connection is parked (its read buffer freed) and waits for
-/// readiness instead.
+/// up to the idle timeout (`None`: timed out). Past `idle_buffer_release`
+/// the connection is parked: its read buffer and its timer are freed, it
+/// waits for readiness, and the worker's idle sweeper keeps its deadline.
 async fn idle_wait(
     w: &Worker,
     cin: &mut ClientIn,
     limits: &Limits,
-    mut timer: Pin<&mut Sleep>,
+    timer: &mut Timer,
 ) -> Option<std::io::Result<usize>> {
     let start = Instant::now();
     let parks = limits.idle_buffer_release < limits.idle_timeout && cin.buf().is_empty();
@@ -253,15 +253,14 @@ async fn idle_wait(
     } else {
         limits.idle_timeout
     };
-    reset(timer.as_mut(), start + first);
     monoio::select! {
         r = cin.complete() => return Some(r),
-        _ = timer.as_mut() => {}
+        _ = arm(timer, start + first) => {}
     }
     if !parks {
         return None;
     }
-    reset(timer.as_mut(), start + limits.idle_timeout);
+    *timer = None;
     let parked = async {
         if let Some(r) = cin.park().await {
             return r;
@@ -273,12 +272,19 @@ async fn idle_wait(
     };
     monoio::select! {
         r = parked => Some(r),
-        _ = timer => None,
+        _ = w.idle.until(start + limits.idle_timeout) => None,
     }
 }
 
-fn reset(timer: Pin<&mut Sleep>, at: Instant) {
-    timer.reset(monoio::time::Instant::from_std(at));
+/// A connection's head timer, when it has one.
+type Timer = Option<Pin<Box<Sleep>>>;
+
+/// The timer set to fire at `at`, made if the connection has none.
+fn arm(timer: &mut Timer, at: Instant) -> Pin<&mut Sleep> {
+    let at = monoio::time::Instant::from_std(at);
+    let t = timer.get_or_insert_with(|| Box::pin(monoio::time::sleep_until(at)));
+    t.as_mut().reset(at);
+    t.as_mut()
 }
 
 fn header_too_large(max: usize) -> Error {

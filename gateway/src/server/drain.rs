@@ -11,17 +11,13 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use super::slots::Slots;
+
 /// The signal. Cheap to clone through `Rc`.
 #[derive(Default)]
 pub struct Drain {
     raised: Cell<bool>,
-    waiters: RefCell<Slab>,
-}
-
-#[derive(Default)]
-struct Slab {
-    slots: Vec<Option<Waker>>,
-    free: Vec<usize>,
+    waiters: RefCell<Slots<Waker>>,
 }
 
 impl Drain {
@@ -34,8 +30,8 @@ impl Drain {
     pub fn raise(&self) {
         self.raised.set(true);
         let mut w = self.waiters.borrow_mut();
-        for waker in w.slots.iter_mut().filter_map(Option::take) {
-            waker.wake();
+        for waker in w.iter_mut() {
+            waker.wake_by_ref();
         }
     }
 
@@ -63,21 +59,9 @@ impl Future for Wait {
         }
         let drain = self.drain.clone();
         let mut w = drain.waiters.borrow_mut();
-        match self.slot {
-            Some(i) => w.slots[i] = Some(cx.waker().clone()),
-            None => {
-                let i = match w.free.pop() {
-                    Some(i) => {
-                        w.slots[i] = Some(cx.waker().clone());
-                        i
-                    }
-                    None => {
-                        w.slots.push(Some(cx.waker().clone()));
-                        w.slots.len() - 1
-                    }
-                };
-                self.slot = Some(i);
-            }
+        match self.slot.and_then(|i| w.get_mut(i)) {
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => self.slot = Some(w.insert(cx.waker().clone())),
         }
         Poll::Pending
     }
@@ -86,9 +70,7 @@ impl Future for Wait {
 impl Drop for Wait {
     fn drop(&mut self) {
         if let Some(i) = self.slot {
-            let mut w = self.drain.waiters.borrow_mut();
-            w.slots[i] = None;
-            w.free.push(i);
+            self.drain.waiters.borrow_mut().remove(i);
         }
     }
 }
@@ -111,7 +93,7 @@ mod tests {
                 let mut cx = Context::from_waker(&waker);
                 assert!(w.as_mut().poll(&mut cx).is_pending());
             }
-            assert_eq!(d.waiters.borrow().slots.len(), 1);
+            assert_eq!(d.waiters.borrow().capacity(), 1);
             let d2 = d.clone();
             let h = monoio::spawn(async move {
                 d2.wait().await;

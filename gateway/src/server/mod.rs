@@ -18,9 +18,11 @@ mod client;
 mod conn;
 mod conn_gauges;
 mod drain;
+mod idle_sweep;
 mod local;
 mod proxy;
 mod relay;
+mod slots;
 mod worker;
 
 use std::sync::Arc;

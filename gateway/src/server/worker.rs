@@ -59,6 +59,8 @@ pub struct Worker {
     pub drain: Rc<Drain>,
     /// Open client connections.
     pub active: Cell<usize>,
+    /// Idle deadlines of parked client connections.
+    pub idle: Rc<super::idle_sweep::IdleSweep>,
     ids: RequestIds,
 }
 
@@ -224,10 +226,13 @@ pub async fn run(
         picker: RefCell::new(Picker::default()),
         drain: Rc::new(Drain::default()),
         active: Cell::new(0),
+        idle: Rc::default(),
         ids: RequestIds::new(id),
     });
     tracing::info!(worker = id, driver = driver.name(), listen = %shared.cfg.server.listen, "worker started");
     monoio::spawn(sweep_pools(worker.clone()));
+    let idle_period = super::idle_sweep::IdleSweep::period(shared.cfg.server.limits.idle_timeout);
+    monoio::spawn(worker.idle.clone().run(idle_period));
     let accept = accept_loop(worker.clone(), listener);
     monoio::select! {
         _ = accept => {},
