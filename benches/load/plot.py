@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
 
 COLORS = {"direct": "#888888", "tollgate": "#d62728", "tollgate-legacy": "#ff9896",
-          "nginx": "#1f77b4", "nginx-lua": "#17becf", "envoy": "#2ca02c", "litellm": "#9467bd"}
+          "nginx": "#1f77b4", "nginx-lua": "#17becf", "envoy": "#2ca02c", "litellm": "#9467bd",
+          "floor": "#000000"}
 
 
 TAG = ""

@@ -303,21 +303,27 @@ fn slow_clients_get_408_and_idle_ones_are_closed() {
     );
 }
 
-/// A `/metrics` gauge, polled until `want(value)` or 5 s; returns the last value.
-fn gauge(admin: u16, name: &str, want: impl Fn(u64) -> bool) -> u64 {
+/// One `/metrics` sample by its exact series text (`missing` when absent),
+/// polled until `want(value)` or 5 s; returns the last value read.
+fn sample_until(admin: u16, series: &str, missing: u64, want: impl Fn(u64) -> bool) -> u64 {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let key = format!("{name} ");
-    let mut last = u64::MAX;
+    let key = format!("{series} ");
+    let mut last = missing;
     eventually(Duration::from_secs(5), || {
         let text = request(addr, &get("/metrics")).text();
         last = text
             .lines()
             .find_map(|l| l.strip_prefix(&key))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(u64::MAX);
+            .unwrap_or(missing);
         want(last)
     });
     last
+}
+
+/// A gauge, polled until `want(value)`.
+fn gauge(admin: u16, name: &str, want: impl Fn(u64) -> bool) -> u64 {
+    sample_until(admin, name, u64::MAX, want)
 }
 
 #[test]
@@ -562,20 +568,9 @@ fn admin_config(m: &Proc, admin: u16) -> String {
 
 /// Reads one counter from `/metrics`, polling until `want(value)` or 5 s.
 fn metric(admin: u16, model: &str, kind: &str, source: &str, want: impl Fn(u64) -> bool) -> u64 {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let key =
-        format!("tollgate_tokens_total{{model=\"{model}\",kind=\"{kind}\",source=\"{source}\"}} ");
-    let mut last = 0;
-    eventually(Duration::from_secs(5), || {
-        let text = request(addr, &get("/metrics")).text();
-        last = text
-            .lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        want(last)
-    });
-    last
+    let series =
+        format!("tollgate_tokens_total{{model=\"{model}\",kind=\"{kind}\",source=\"{source}\"}}");
+    sample_until(admin, &series, 0, want)
 }
 
 #[test]
