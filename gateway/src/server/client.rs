@@ -245,21 +245,22 @@ mod tests {
         rt.block_on(body());
     }
 
-    /// An accepted connection's reader and the peer's socket.
-    async fn pair() -> (ClientIn, std::net::TcpStream) {
+    type WriteHalf = monoio::io::OwnedWriteHalf<TcpStream>;
+
+    /// An accepted connection's reader, its write half (kept so the socket
+    /// stays open) and the peer's socket.
+    async fn pair() -> (ClientIn, WriteHalf, std::net::TcpStream) {
         let l = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (s, _) = l.accept().await.unwrap();
         let (rd, wr) = s.into_split();
-        // The write half lives as long as the test needs the socket open.
-        std::mem::forget(wr);
-        (ClientIn::new(rd), peer)
+        (ClientIn::new(rd), wr, peer)
     }
 
     #[test]
     fn a_parked_connection_holds_no_buffer_and_reads_what_comes_next() {
         on_both_drivers(|| async {
-            let (mut cin, mut peer) = pair().await;
+            let (mut cin, _wr, mut peer) = pair().await;
             cin.start();
             assert!(cin.in_flight());
             assert!(cin.park().await.is_none(), "nothing was sent: parked");
@@ -308,7 +309,7 @@ mod tests {
         on_both_drivers(|| async {
             // Sent before the read is submitted, and after.
             for sent_first in [true, false] {
-                let (mut cin, mut peer) = pair().await;
+                let (mut cin, _wr, mut peer) = pair().await;
                 if sent_first {
                     peer.write_all(REQ).unwrap();
                     cin.start();
@@ -326,7 +327,7 @@ mod tests {
     #[test]
     fn parking_a_connection_at_eof_reports_the_eof() {
         on_both_drivers(|| async {
-            let (mut cin, peer) = pair().await;
+            let (mut cin, _wr, peer) = pair().await;
             submit(&mut cin).await;
             drop(peer);
             assert_eq!(park_and_read(&mut cin).await, 0);
