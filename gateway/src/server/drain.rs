@@ -59,9 +59,8 @@ impl Future for Wait {
         }
         let drain = self.drain.clone();
         let mut w = drain.waiters.borrow_mut();
-        match self.slot.and_then(|i| w.get_mut(i)) {
-            Some(waker) => waker.clone_from(cx.waker()),
-            None => self.slot = Some(w.insert(cx.waker().clone())),
+        if let Some(waker) = w.entry(&mut self.slot, || cx.waker().clone()) {
+            waker.clone_from(cx.waker());
         }
         Poll::Pending
     }

@@ -73,21 +73,19 @@ impl Future for Expiry {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let sweep = self.sweep.clone();
         let mut w = sweep.waiters.borrow_mut();
-        match self.slot.and_then(|i| w.get_mut(i)) {
+        let deadline = self.deadline;
+        let new = || Waiter {
+            deadline,
+            waker: cx.waker().clone(),
+            expired: false,
+        };
+        match w.entry(&mut self.slot, new) {
             Some(e) if e.expired => Poll::Ready(()),
             Some(e) => {
                 e.waker.clone_from(cx.waker());
                 Poll::Pending
             }
-            None => {
-                let deadline = self.deadline;
-                self.slot = Some(w.insert(Waiter {
-                    deadline,
-                    waker: cx.waker().clone(),
-                    expired: false,
-                }));
-                Poll::Pending
-            }
+            None => Poll::Pending,
         }
     }
 }

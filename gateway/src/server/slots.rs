@@ -38,6 +38,16 @@ impl<T> Slots<T> {
         self.slots.get_mut(key)?.as_mut()
     }
 
+    /// A waiting future's slot: its entry when it has one (`Some`), else
+    /// `new()` is stored and its key kept in `key` (`None`).
+    pub fn entry(&mut self, key: &mut Option<usize>, new: impl FnOnce() -> T) -> Option<&mut T> {
+        if key.is_some_and(|k| self.get_mut(k).is_some()) {
+            return key.and_then(|k| self.get_mut(k));
+        }
+        *key = Some(self.insert(new()));
+        None
+    }
+
     /// Frees `key`.
     pub fn remove(&mut self, key: usize) {
         if let Some(s) = self.slots.get_mut(key)
@@ -77,5 +87,13 @@ mod tests {
         assert_eq!(s.iter_mut().map(|v| *v).sum::<i32>(), 5);
         *s.get_mut(b).unwrap() = 20;
         assert_eq!(s.iter_mut().map(|v| *v).sum::<i32>(), 23);
+        // A waiter stores its entry once, then gets it back.
+        let mut key = None;
+        assert_eq!(s.entry(&mut key, || 7), None);
+        assert_eq!(key, Some(2));
+        assert_eq!(s.entry(&mut key, || 99).copied(), Some(7));
+        s.remove(2);
+        assert_eq!(s.entry(&mut key, || 8), None, "a freed key is stored anew");
+        assert_eq!(s.get_mut(2).copied(), Some(8));
     }
 }
