@@ -366,3 +366,87 @@ fn resets_before_the_first_byte_fail_over_and_the_deadline_bounds_all_attempts()
         "took {took:?}"
     );
 }
+
+/// gpt-4 on `primary` (a bounded response wait), falling back to `backup`.
+fn primary_with_fallback(primary: &str, backup: &str) -> String {
+    format!(
+        "[server]\nlisten = \"{{listen}}\"\nworkers = 1\n[log]\naccess = false\n\
+         {}response_timeout = \"3s\"\n{}\
+         [[models]]\nname = \"gpt-4\"\ntargets = [{{ upstream = \"primary\" }}]\n\
+         fallbacks = [{{ model = \"backup\" }}]\n\
+         [[models]]\nname = \"backup\"\ntargets = [{{ upstream = \"backup\" }}]\n",
+        upstream("primary", primary),
+        upstream("backup", backup),
+    )
+}
+
+#[test]
+fn a_primary_that_dies_fails_over_at_its_first_dead_connection() {
+    let primary = mock(&[]);
+    let backup = mock(&[]);
+    let addr = primary.addr;
+    let g = gateway(
+        &primary_with_fallback(&addr.to_string(), &backup.addr.to_string()),
+        &[],
+    );
+    let mut c = Conn::open(g.addr);
+    for _ in 0..3 {
+        c.send(&chat(r#"{"model":"gpt-4","max_tokens":1}"#));
+        let r = c.read_response().unwrap();
+        assert_eq!(r.header("x-tollgate-upstream"), Some("primary"));
+    }
+    // The primary dies; its address now belongs to a process that is
+    // still exiting: the kernel accepts connections on its listener, but
+    // nothing will ever answer them.
+    drop(primary);
+    // (Its own listener may outlive it by a few ms: the kernel tears an
+    // io_uring process down in the background.)
+    let mut exiting = None;
+    let bound = eventually(Duration::from_secs(5), || {
+        exiting = std::net::TcpListener::bind(addr).ok();
+        exiting.is_some()
+    });
+    assert!(bound, "the dead primary's address stayed in use");
+    let exiting = exiting.unwrap();
+    c.send(&chat(r#"{"model":"gpt-4","max_tokens":1}"#));
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-tollgate-upstream"), Some("backup"));
+    assert_eq!(r.header("x-tollgate-attempts"), Some("2"));
+    // The pooled connection that died moments after its last answer was
+    // enough: no new connection was opened to the dead primary.
+    exiting.set_nonblocking(true).unwrap();
+    let accepted = exiting.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the gateway connected to the dead primary again: {accepted:?}"
+    );
+}
+
+#[test]
+fn a_connection_the_primary_closed_while_idle_is_resent_not_failed_over() {
+    let primary = mock(&[]);
+    let backup = mock(&[]);
+    let addr = primary.addr;
+    let g = gateway(
+        &primary_with_fallback(&addr.to_string(), &backup.addr.to_string()),
+        &[],
+    );
+    let mut c = Conn::open(g.addr);
+    c.send(&chat(r#"{"model":"gpt-4","max_tokens":1}"#));
+    assert_eq!(c.read_response().unwrap().status, 200);
+    // The pooled connection is closed under the gateway (the process
+    // behind it is replaced) and then sits idle past the time a server's
+    // keep-alive timeout would close it.
+    drop(primary);
+    let primary = mock_on(addr, &[]);
+    let (_, _, before) = mock_stats(&primary);
+    std::thread::sleep(Duration::from_millis(1100));
+    c.send(&chat(r#"{"model":"gpt-4","max_tokens":1}"#));
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-tollgate-upstream"), Some("primary"));
+    assert_eq!(r.header("x-tollgate-attempts"), Some("1"));
+    let (_, _, after) = mock_stats(&primary);
+    assert_eq!(after - before, 2, "the resent request plus a stats call");
+}

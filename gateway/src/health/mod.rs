@@ -16,7 +16,8 @@
 //!   relay's stale-connection retry covers it).
 //! - an RST on an idle pooled connection, or a FIN from the upstream on
 //!   one: the connection is evicted before a request is written to it
-//!   (`cookies`); not a failure.
+//!   (`cookies`); not a failure, unless the connection had been idle for
+//!   less than a second (the server went away: see `server::relay`).
 //! - a SYN retransmit: the upstream is marked slow for [`SLOW_FOR`]; the
 //!   balancer's pick moves to another target of the route when one is not
 //!   slow ([`Health::prefer_fast`]).

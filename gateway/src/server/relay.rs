@@ -10,9 +10,12 @@
 //!   are, chunk framing included; the accountant only looks at the payload.
 //! - An upstream connection is pooled only after a response that ended
 //!   exactly at its framing boundary with keep-alive allowed.
-//! - A pooled connection that fails before any response byte (the server
-//!   closed it while idle) is retried on another connection; nothing was
-//!   processed upstream in that case.
+//! - A pooled connection that fails before any response byte after idling
+//!   for a while (the server closed it at its keep-alive timeout) is
+//!   retried on another connection; nothing was processed upstream. One
+//!   that fails that way moments after its last use means the server is
+//!   gone: failover decides at once, and this worker's other idle
+//!   connections to it are dropped.
 
 use std::time::{Duration, Instant};
 
@@ -26,8 +29,8 @@ use crate::error::{Error, Kind};
 use crate::failover::{Class, Outcome};
 use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, begin_chunk, encode_chunk, end_chunk};
 use crate::http::response::push_u64;
-use crate::upstream::UpConn;
 use crate::upstream::response::{self, Added, ClientFraming, Framing, ResponseHead};
+use crate::upstream::{Take, UpConn};
 
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -36,7 +39,13 @@ const READ_BUF: usize = 16 * 1024;
 /// How soon after sending a pooled connection must fail to count as
 /// stale (closed by the server while idle) rather than as a failure.
 const STALE_WINDOW: Duration = Duration::from_millis(250);
-/// Pooled connections tried before insisting on a new one.
+/// How long a pooled connection must have been idle for its early death
+/// to count as stale. Servers close idle keep-alive connections after
+/// seconds (uvicorn, which vLLM runs on, 5 s; Node 5 s; nginx 75 s); a
+/// connection that dies sooner after its last answer says its server
+/// went away.
+const STALE_MIN_IDLE: Duration = Duration::from_secs(1);
+/// Stale pooled connections tried before insisting on a new one.
 const STALE_RETRIES: u32 = 3;
 
 enum HeadError {
@@ -108,6 +117,21 @@ fn fail(
     }
 }
 
+/// The process behind a pooled connection went away (a crash, a
+/// restart): the connection died moments after its last answer. Failover
+/// decides at once, as for any failure: a new connection to a process
+/// that is still exiting would be accepted by its listener and wait for
+/// it to close, which takes as long as the kernel needs to tear the
+/// process down (milliseconds here, far longer for a model server with
+/// gigabytes mapped). Returns the failure when another target will be
+/// tried; `None` when there is nowhere else to go, and the request is
+/// sent once more on a new connection (it got no answer, so resending
+/// is safe).
+fn gone(err: Error, started: Instant, decide: &mut dyn FnMut(&Outcome) -> bool) -> Option<Failure> {
+    let f = fail(err, Class::Reset, started, decide);
+    f.retry.then_some(f)
+}
+
 /// Sends the request and relays the response.
 #[expect(
     clippy::too_many_arguments,
@@ -130,13 +154,33 @@ pub async fn relay(
     let started = Instant::now();
     let mut request = p.request;
     let mut stale = 0;
+    let mut fresh_only = false;
     let (conn, mut buf, head) = loop {
-        let pooled = if stale < STALE_RETRIES {
-            w.pool.borrow_mut().take(p.upstream, cfg.idle_timeout)
+        let taken = if stale < STALE_RETRIES && !fresh_only {
+            w.pool
+                .borrow_mut()
+                .take(p.upstream, cfg.idle_timeout, STALE_MIN_IDLE)
         } else {
-            None
+            Take::Empty
         };
-        let reused = pooled.is_some();
+        let (pooled, idle) = match taken {
+            Take::Idle(c, idle) => (Some(c), Some(idle)),
+            Take::Empty => (None, None),
+            Take::Gone => {
+                let e = Error::msg(
+                    Kind::UpstreamProtocol,
+                    format!(
+                        "upstream `{}` closed an idle connection moments after its last answer",
+                        cfg.name
+                    ),
+                );
+                match gone(e, started, decide) {
+                    Some(f) => return Err(f),
+                    None => fresh_only = true,
+                }
+                continue;
+            }
+        };
         let sent_at = if stale == 0 { started } else { Instant::now() };
         let mut conn = match pooled {
             Some(c) => c,
@@ -156,33 +200,43 @@ pub async fn relay(
         log.tcp_retrans0 = w.shared.health.tcp(log.tcp_port).map_or(0, |t| t.1);
         let (res, back) = conn.write_all(request).await;
         request = back;
-        if let Err(e) = res {
-            if reused {
-                stale += 1;
-                continue;
+        let early = match res {
+            Ok(_) => {
+                let wait = at
+                    .first_byte_limit
+                    .map_or(cfg.response_timeout, |l| l.min(cfg.response_timeout));
+                match read_head(&mut conn, wait, &up.cfg.name).await {
+                    Ok((buf, head)) => break (conn, buf, head),
+                    // One that dies later may have been working on the
+                    // request: a failed attempt, failover decides.
+                    Err(HeadError::ClosedEarly(e)) if sent_at.elapsed() < STALE_WINDOW => e,
+                    Err(HeadError::ClosedEarly(e) | HeadError::Fail(e)) => {
+                        let by_deadline = at.deadline_cut && wait < cfg.response_timeout;
+                        let class = match e.kind {
+                            Kind::UpstreamTimeout if by_deadline => Class::TotalTimeout,
+                            Kind::UpstreamTimeout => Class::FirstByteTimeout,
+                            _ => Class::Reset,
+                        };
+                        return Err(fail(e, class, started, decide));
+                    }
+                }
             }
-            let e = upstream_io(up.cfg.name.as_ref(), "write failed", &e);
-            return Err(fail(e, Class::Reset, started, decide));
-        }
-        let wait = at
-            .first_byte_limit
-            .map_or(cfg.response_timeout, |l| l.min(cfg.response_timeout));
-        match read_head(&mut conn, wait, &up.cfg.name).await {
-            Ok((buf, head)) => break (conn, buf, head),
-            // A pooled connection the server had closed fails at once;
-            // one that dies later may have been working on the request,
-            // so it is a failed attempt (failover decides), not a resend.
-            Err(HeadError::ClosedEarly(_)) if reused && sent_at.elapsed() < STALE_WINDOW => {
-                stale += 1
-            }
-            Err(HeadError::ClosedEarly(e) | HeadError::Fail(e)) => {
-                let by_deadline = at.deadline_cut && wait < cfg.response_timeout;
-                let class = match e.kind {
-                    Kind::UpstreamTimeout if by_deadline => Class::TotalTimeout,
-                    Kind::UpstreamTimeout => Class::FirstByteTimeout,
-                    _ => Class::Reset,
-                };
-                return Err(fail(e, class, started, decide));
+            Err(e) => upstream_io(up.cfg.name.as_ref(), "write failed", &e),
+        };
+        // The connection failed before any response byte.
+        match idle {
+            // A new connection: the upstream is failing.
+            None => return Err(fail(early, Class::Reset, started, decide)),
+            // Idle long enough for the server to have closed it (its
+            // keep-alive timeout): not a failure, resend.
+            Some(idle) if idle >= STALE_MIN_IDLE => stale += 1,
+            // Used moments ago: the process behind it is gone.
+            Some(_) => {
+                w.pool.borrow_mut().purge(p.upstream);
+                match gone(early, started, decide) {
+                    Some(f) => return Err(f),
+                    None => fresh_only = true,
+                }
             }
         }
     };

@@ -27,7 +27,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::UpstreamConfig;
 pub use conn::UpConn;
-pub use pool::Pool;
+pub use pool::{Pool, Take};
 
 /// How often host names are resolved again.
 const DNS_REFRESH: Duration = Duration::from_secs(30);

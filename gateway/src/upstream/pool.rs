@@ -6,6 +6,8 @@
 //! shared atomic slot per idle connection tells `take` which ones the
 //! kernel saw reset (`health::cookies`).
 
+use std::time::Duration;
+
 use super::UpConn;
 use crate::health::cookies;
 use crate::route::UpstreamId;
@@ -17,6 +19,19 @@ struct Idle {
     since_ms: u64,
 }
 
+/// What [`Pool::take`] found.
+pub enum Take {
+    /// A live connection and how long it sat idle (to the few ms of
+    /// `coarse_mono_ms`).
+    Idle(UpConn, Duration),
+    /// No idle connection.
+    Empty,
+    /// The kernel saw the upstream close an idle connection moments
+    /// after its last answer: the process behind it is gone (a crash, a
+    /// restart). Every idle connection to it was dropped.
+    Gone,
+}
+
 /// The pools of one worker.
 #[derive(Default)]
 pub struct Pool {
@@ -24,9 +39,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Takes the most recently used live connection, if any.
-    pub fn take(&mut self, up: UpstreamId, idle_timeout: std::time::Duration) -> Option<UpConn> {
-        let stack = self.idle.get_mut(up as usize)?;
+    /// Takes the most recently used live connection, if any. `recent`:
+    /// a connection the kernel saw the upstream close within this time of
+    /// its last use means the upstream went away (see [`Take::Gone`]).
+    pub fn take(&mut self, up: UpstreamId, idle_timeout: Duration, recent: Duration) -> Take {
+        let Some(stack) = self.idle.get_mut(up as usize) else {
+            return Take::Empty;
+        };
         let now = crate::sys::coarse_mono_ms();
         let timeout = idle_timeout.as_millis() as u64;
         // Entries are in age order: the front is oldest.
@@ -39,11 +58,27 @@ impl Pool {
         // Connections the kernel saw reset while idle are dropped here,
         // before a request is written to them (eBPF; a no-op without).
         while let Some(i) = stack.pop() {
+            let idle = Duration::from_millis(now.saturating_sub(i.since_ms));
             if !cookies::take(i.conn.cookie()) {
-                return Some(i.conn);
+                return Take::Idle(i.conn, idle);
+            }
+            if idle < recent {
+                self.purge(up);
+                return Take::Gone;
             }
         }
-        None
+        Take::Empty
+    }
+
+    /// Drops every idle connection to `up`: one of them died right after
+    /// use, so the process they were opened to is gone (a crash or a
+    /// restart) and the rest would only fail the next requests one by one.
+    pub fn purge(&mut self, up: UpstreamId) {
+        if let Some(stack) = self.idle.get_mut(up as usize) {
+            for e in stack.drain(..) {
+                cookies::forget(e.conn.cookie());
+            }
+        }
     }
 
     /// Returns a connection whose last response completed cleanly.
@@ -68,7 +103,7 @@ impl Pool {
 
     /// Drops expired connections of every upstream; `timeout_of` gives the
     /// idle timeout per upstream id.
-    pub fn sweep(&mut self, timeout_of: impl Fn(usize) -> std::time::Duration) {
+    pub fn sweep(&mut self, timeout_of: impl Fn(usize) -> Duration) {
         let now = crate::sys::coarse_mono_ms();
         for (i, stack) in self.idle.iter_mut().enumerate() {
             let t = timeout_of(i).as_millis() as u64;
