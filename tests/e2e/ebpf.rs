@@ -17,14 +17,6 @@ fn upstream(name: &str, addr: SocketAddr) -> String {
 }
 
 /// A `/metrics` sample by its exact series text, 0 when absent.
-fn sample(admin: SocketAddr, series: &str) -> f64 {
-    let text = request(admin, &get("/metrics")).text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn breaker_states(admin: SocketAddr) -> Vec<(String, String)> {
     let j = request(admin, &get("/breakers")).json();
     j["breakers"]

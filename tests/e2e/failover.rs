@@ -368,10 +368,10 @@ fn resets_before_the_first_byte_fail_over_and_the_deadline_bounds_all_attempts()
 }
 
 /// gpt-4 on `primary` (a bounded response wait), falling back to `backup`.
-fn primary_with_fallback(primary: &str, backup: &str) -> String {
+fn primary_with_fallback(primary: &str, backup: &str, ebpf: &str, admin: u16) -> String {
     format!(
-        "[server]\nlisten = \"{{listen}}\"\nworkers = 1\n[log]\naccess = false\n\
-         {}response_timeout = \"3s\"\n{}\
+        "[server]\nlisten = \"{{listen}}\"\nadmin_listen = \"127.0.0.1:{admin}\"\nworkers = 1\n[log]\naccess = false\n\
+         [ebpf]\nenabled = \"{ebpf}\"\n{}response_timeout = \"3s\"\n{}\
          [[models]]\nname = \"gpt-4\"\ntargets = [{{ upstream = \"primary\" }}]\n\
          fallbacks = [{{ model = \"backup\" }}]\n\
          [[models]]\nname = \"backup\"\ntargets = [{{ upstream = \"backup\" }}]\n",
@@ -382,11 +382,21 @@ fn primary_with_fallback(primary: &str, backup: &str) -> String {
 
 #[test]
 fn a_primary_that_dies_fails_over_at_its_first_dead_connection() {
+    // Without eBPF the request finds the pooled connection dead; with it,
+    // the kernel has told the pool before the request is written.
+    for ebpf in ["off", "on"] {
+        primary_dies(ebpf);
+    }
+}
+
+fn primary_dies(ebpf: &str) {
     let primary = mock(&[]);
     let backup = mock(&[]);
     let addr = primary.addr;
+    let port = free_port();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let g = gateway(
-        &primary_with_fallback(&addr.to_string(), &backup.addr.to_string()),
+        &primary_with_fallback(&addr.to_string(), &backup.addr.to_string(), ebpf, port),
         &[],
     );
     let mut c = Conn::open(g.addr);
@@ -408,18 +418,42 @@ fn a_primary_that_dies_fails_over_at_its_first_dead_connection() {
     });
     assert!(bound, "the dead primary's address stayed in use");
     let exiting = exiting.unwrap();
+    if ebpf == "on" {
+        // The kernel's word on the pooled connection reaches the pool.
+        let closed = || {
+            sample(
+                admin,
+                "tollgate_upstream_pool_idle_closed_total{how=\"fin\"}",
+            ) + sample(
+                admin,
+                "tollgate_upstream_pool_idle_closed_total{how=\"rst\"}",
+            )
+        };
+        assert!(
+            eventually(Duration::from_secs(3), || closed() >= 1.0),
+            "the pooled connection's close never reached the pool"
+        );
+    }
     c.send(&chat(r#"{"model":"gpt-4","max_tokens":1}"#));
     let r = c.read_response().unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("x-tollgate-upstream"), Some("backup"));
-    assert_eq!(r.header("x-tollgate-attempts"), Some("2"));
+    assert_eq!(r.status, 200, "eBPF {ebpf}: {}", r.text());
+    assert_eq!(
+        r.header("x-tollgate-upstream"),
+        Some("backup"),
+        "eBPF {ebpf}"
+    );
+    assert_eq!(r.header("x-tollgate-attempts"), Some("2"), "eBPF {ebpf}");
     // The pooled connection that died moments after its last answer was
     // enough: no new connection was opened to the dead primary.
+    if ebpf == "on" {
+        // Evicted before the request was written to it.
+        assert_eq!(sample(admin, "tollgate_upstream_pool_evictions_total"), 1.0);
+    }
     exiting.set_nonblocking(true).unwrap();
     let accepted = exiting.accept();
     assert!(
         matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        "the gateway connected to the dead primary again: {accepted:?}"
+        "eBPF {ebpf}: the gateway connected to the dead primary again: {accepted:?}"
     );
 }
 
@@ -429,7 +463,12 @@ fn a_connection_the_primary_closed_while_idle_is_resent_not_failed_over() {
     let backup = mock(&[]);
     let addr = primary.addr;
     let g = gateway(
-        &primary_with_fallback(&addr.to_string(), &backup.addr.to_string()),
+        &primary_with_fallback(
+            &addr.to_string(),
+            &backup.addr.to_string(),
+            "auto",
+            free_port(),
+        ),
         &[],
     );
     let mut c = Conn::open(g.addr);

@@ -404,6 +404,15 @@ pub fn mock_stats(m: &Proc) -> (u64, i64, u64) {
     )
 }
 
+/// One series of the admin listener's `/metrics` (0 when absent).
+pub fn sample(admin: SocketAddr, series: &str) -> f64 {
+    let text = request(admin, &get("/metrics")).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Polls `cond` every 10 ms until true or `limit` passes.
 pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
