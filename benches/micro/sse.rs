@@ -16,6 +16,13 @@
 //!   hold the other events; `…_usage_came` never decodes the held text
 //!   (the provider's usage arrived), `…_text_read` decodes it at the end
 //!   (a stream without usage).
+//! - `relay_payload/1000_events_16KB_reads_{raw,rewrite}`: the whole
+//!   per-byte path of a relayed stream as `server::relay` runs it: a
+//!   1,000-event chunked body (one event per chunk, as providers send
+//!   them) in 16 KiB reads through the chunked decoder into the
+//!   accountant; `raw` as when the client asked for usage itself,
+//!   `rewrite` as when the gateway asked for it and hides the usage chunk
+//!   (the bytes to send are built in a reused buffer).
 #![expect(
     clippy::expect_used,
     reason = "bench setup; a failure here is a broken bench"
@@ -24,8 +31,13 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::sync::Arc;
+
+use tollgate::http::chunked::ChunkedDecoder;
+use tollgate::server::account::Accountant;
 use tollgate::sse::deferred::DeferredText;
 use tollgate::sse::{Scanner, decode};
+use tollgate::tokens::Encoding;
 
 const MAX_EVENT: usize = 1 << 20;
 
@@ -118,6 +130,69 @@ fn stream_50() -> Vec<u8> {
         out.extend_from_slice(b"\n\n");
     }
     out
+}
+
+/// A chunked body of `n` events, one per chunk: a role chunk, content
+/// deltas, a finish chunk, the usage-only chunk and `[DONE]`.
+fn chunked_stream(n: usize) -> Vec<u8> {
+    let mut datas = vec![chunk(
+        r#"{"role":"assistant","content":"","refusal":null}"#,
+        "null",
+    )];
+    for w in WORDS.iter().cycle().take(n - 4) {
+        let content = serde_json::to_string(w).expect("string");
+        datas.push(chunk(&format!("{{\"content\":{content}}}"), "null"));
+    }
+    datas.push(chunk("{}", "\"length\""));
+    datas.push(format!(
+        "{{\"id\":\"chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG\",\"object\":\"chat.completion.chunk\",\
+         \"created\":1741569952,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":\
+         {{\"prompt_tokens\":19,\"completion_tokens\":{},\"total_tokens\":{}}}}}",
+        n - 3,
+        n + 16
+    ));
+    datas.push("[DONE]".to_owned());
+    let mut out = Vec::new();
+    for d in datas {
+        let event = format!("data: {d}\n\n");
+        out.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// Relays `body` in `read`-byte reads the way `server::relay` does;
+/// returns (bytes the client would get in rewrite mode, completion
+/// tokens).
+fn relay_payload(body: &[u8], read: usize, rewrite: bool) -> (u64, u64) {
+    let mut acct = Accountant::new(
+        Some(Encoding::O200k),
+        true,
+        Some(19),
+        true,
+        Arc::from("req"),
+        Arc::from("gpt-4o"),
+    );
+    acct.start(200, rewrite, false);
+    let mut dec = ChunkedDecoder::new();
+    let mut out = Vec::with_capacity(read + 1024);
+    let mut sent = 0u64;
+    for r in body.chunks(read) {
+        out.clear();
+        let fwd = dec.feed(r, |p| {
+            if rewrite {
+                acct.payload(p, Some(&mut out));
+            } else {
+                acct.payload(p, None);
+            }
+        });
+        assert_eq!(fwd, Ok(r.len()));
+        sent += out.len() as u64;
+    }
+    out.clear();
+    acct.end(rewrite.then_some(&mut out));
+    sent += out.len() as u64;
+    (sent, acct.tally().completion.0)
 }
 
 /// Scans `stream` in `read`-byte feeds; returns (events, data bytes).
@@ -255,6 +330,24 @@ fn bench(c: &mut Criterion) {
         &small,
         |b, s| b.iter(|| scan_decode(black_box(s), 1500)),
     );
+    g.finish();
+
+    let body = chunked_stream(1000);
+    let (raw_sent, raw_tokens) = relay_payload(&body, 16 << 10, false);
+    let (sent, tokens) = relay_payload(&body, 16 << 10, true);
+    assert_eq!((raw_sent, raw_tokens), (0, 997));
+    assert_eq!(tokens, 997);
+    // The client gets every event but the usage chunk.
+    assert!(sent > 0 && sent < body.len() as u64, "{sent}");
+    let mut g = c.benchmark_group("relay_payload");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    for (name, rewrite) in [("raw", false), ("rewrite", true)] {
+        g.bench_with_input(
+            BenchmarkId::from_parameter(format!("1000_events_16KB_reads_{name}")),
+            &body,
+            |b, s| b.iter(|| relay_payload(black_box(s), 16 << 10, rewrite)),
+        );
+    }
     g.finish();
 
     let mut g = c.benchmark_group("scan_deferred");

@@ -9,7 +9,8 @@
 //! (panics are compiled out of the data path by lint, so this is a last
 //! line of defence).
 
-mod account;
+/// Public for the criterion benches (`benches/micro/sse.rs`).
+pub mod account;
 mod admin;
 mod admin_breakers;
 mod admin_keys;

@@ -8,7 +8,8 @@
 //! event whose usage is present and not null (the provider's usage chunk,
 //! or per-event usage from vLLM's continuous stats) is decoded at once, as
 //! is `[DONE]`; every other event only carries text, and its data is held
-//! raw and decoded when the text is asked for.
+//! raw (as its difference from a like event: `sse::hold`) and decoded when
+//! the text is asked for.
 //!
 //! Exactness: a `"usage"` whose opening quote is not escaped is JSON
 //! structure (inside a string every quote is escaped), so text a model
@@ -20,20 +21,20 @@
 //!
 //! Memory: held data is bounded by [`HOLD_MAX`] per stream; past it the
 //! held events are decoded and their data dropped, so a long stream costs
-//! at most that much plus its text.
+//! at most that much plus its text. A content delta holds about its text
+//! plus four bytes, so the bound is reached only after tens of thousands
+//! of events.
 
 use memchr::memmem;
 use std::sync::LazyLock;
 
 use super::decode::{Decoded, decode_event};
+use super::hold::Hold;
 use super::scanner::Event;
 use crate::json_bytes::{quote_escaped, skip_ws};
 
-/// Raw event data held per stream before it is decoded anyway.
+/// Held bytes per stream before the held events are decoded anyway.
 pub const HOLD_MAX: usize = 256 * 1024;
-
-/// Size of one block of held data.
-const BLOCK: usize = 16 * 1024;
 
 /// Generated text kept for estimation.
 const MAX_TEXT: usize = 16 * 1024 * 1024;
@@ -41,12 +42,8 @@ const MAX_TEXT: usize = 16 * 1024 * 1024;
 /// Text of a stream, decoded on demand.
 #[derive(Default)]
 pub struct DeferredText {
-    /// Data of text-only events not decoded yet, each ended by `\n`
-    /// (single-line data only: it cannot hold one), in blocks of
-    /// [`BLOCK`] bytes so that holding more never copies what is held.
-    held: Vec<Vec<u8>>,
-    /// Bytes in `held`.
-    held_len: usize,
+    /// Data of text-only events not decoded yet.
+    held: Hold,
     text: String,
 }
 
@@ -59,31 +56,20 @@ impl DeferredText {
         let data = ev.data.as_ref();
         let is_error = ev.event.as_deref() == Some(b"error");
         // Decoded now: errors, `[DONE]`, an event larger than the hold,
-        // multi-line data (joined with `\n`, the separator of held data),
         // and any event that may carry usage.
-        if is_error
-            || data.len() >= HOLD_MAX
-            || data.trim_ascii() == b"[DONE]"
-            || multi_line_or_escaped_usage_letter(data)
-            || usage_present(data)
-        {
+        if is_error || Hold::bound(data) >= HOLD_MAX || data.trim_ascii() == b"[DONE]" {
             return self.decode_now(ev);
         }
-        if self.held_len + data.len() + 1 > HOLD_MAX {
+        if self.held.len() + Hold::bound(data) > HOLD_MAX {
             self.decode_held();
         }
-        let block = match self.held.last_mut() {
-            Some(b) if b.capacity() - b.len() > data.len() => b,
-            _ => {
-                self.held
-                    .push(Vec::with_capacity(BLOCK.max(data.len() + 1)));
-                let last = self.held.len() - 1;
-                &mut self.held[last]
-            }
-        };
-        block.extend_from_slice(data);
-        block.push(b'\n');
-        self.held_len += data.len() + 1;
+        // Held events passed the escape check, so only the bytes where
+        // this one differs from the base (an escape is 6 bytes) need it.
+        let diff = self.held.diff(data);
+        if escaped_usage_letter(data, diff.changed(data.len(), 5)) || usage_present(data) {
+            return self.decode_now(ev);
+        }
+        self.held.push(data, diff);
         Decoded::default()
     }
 
@@ -105,14 +91,12 @@ impl DeferredText {
     }
 
     fn decode_held(&mut self) {
-        for block in self.held.drain(..) {
-            for data in block.split(|&b| b == b'\n') {
-                if !data.is_empty() {
-                    super::decode(data, |t| push_text(&mut self.text, t));
-                }
+        let text = &mut self.text;
+        self.held.drain(|data| {
+            if !data.is_empty() {
+                super::decode(data, |t| push_text(text, t));
             }
-        }
-        self.held_len = 0;
+        });
     }
 }
 
@@ -145,21 +129,25 @@ fn usage_present(data: &[u8]) -> bool {
     false
 }
 
-/// The data has more than one line, or a `\u00XX` escape of a letter of
-/// `usage`: the only way a key can spell it without the bytes `"usage"`
-/// (serde unescapes keys). Both are decoded at once; one pass finds both.
-/// Providers that escape text escape non-ASCII characters, not these
-/// letters, so content deltas stay deferred.
-fn multi_line_or_escaped_usage_letter(data: &[u8]) -> bool {
-    memchr::memchr2_iter(b'\n', b'\\', data).any(|at| {
-        data[at] == b'\n'
-            || data.get(at + 1..at + 6).is_some_and(|h| {
-                h[..3] == *b"u00"
-                    && matches!(
-                        [h[3], h[4].to_ascii_lowercase()],
-                        [b'7', b'5' | b'3'] | [b'6', b'1' | b'7' | b'5']
-                    )
-            })
+/// The data has a `\u00XX` escape of a letter of `usage`: the only way a
+/// key can spell it without the bytes `"usage"` (serde unescapes keys).
+/// Decoded at once. Providers that escape text escape non-ASCII
+/// characters, not these letters, so content deltas stay deferred.
+/// Only escapes starting in `within` are looked at.
+fn escaped_usage_letter(data: &[u8], within: std::ops::Range<usize>) -> bool {
+    let from = within.start;
+    let Some(span) = data.get(within) else {
+        return true;
+    };
+    memchr::memchr_iter(b'\\', span).any(|rel| {
+        let at = from + rel;
+        data.get(at + 1..at + 6).is_some_and(|h| {
+            h[..3] == *b"u00"
+                && matches!(
+                    [h[3], h[4].to_ascii_lowercase()],
+                    [b'7', b'5' | b'3'] | [b'6', b'1' | b'7' | b'5']
+                )
+        })
     })
 }
 
@@ -200,7 +188,7 @@ mod tests {
     #[test]
     fn usage_chunks_are_read_at_once_and_text_later() {
         let mut s = chunk("Hello") + &chunk(" \"usage\": {\"prompt_tokens\":1} world");
-        // Data over two lines (joined with `\n`) is decoded at once.
+        // Data over two lines (joined with `\n`).
         s += "data: {\"choices\":[{\"delta\":\ndata: {\"content\":\"!\"}}]}\n\n";
         s += "data: {\"choices\":[],\"usage\" : {\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n";
         s += "data: [DONE]\n\n";
@@ -242,23 +230,51 @@ mod tests {
                 d.event(&ev);
             },
         );
-        assert!(d.held_len > 0);
+        assert!(!d.held.is_empty());
         assert_eq!(d.text(), "café 日");
     }
 
     #[test]
+    fn an_escaped_usage_key_in_an_event_like_the_held_ones_is_read_at_once() {
+        // The escape check looks only where an event differs from the held
+        // base: put the escape right there, at each letter.
+        let usage = "{\"prompt_tokens\":5,\"completion_tokens\":2}";
+        for (i, letter) in "usage".char_indices() {
+            let key = format!(
+                "{}\\u{:04x}{}",
+                &"usage"[..i],
+                letter as u32,
+                &"usage"[i + 1..]
+            );
+            let mut s = chunk("Hello") + &chunk(" world");
+            s += &chunk(" world").replace("\"usage\":null", &format!("\"{key}\":{usage}"));
+            s += "data: [DONE]\n\n";
+            let (eager, lazy) = both(s.as_bytes());
+            assert!(eager.1[2].usage.is_some(), "{key}");
+            assert_eq!(used(&lazy.1), used(&eager.1), "{key}");
+            assert_eq!(lazy.0, eager.0);
+        }
+    }
+
+    #[test]
     fn held_data_is_bounded() {
-        let piece = chunk(&"x".repeat(1000));
+        // Texts that share nothing: each is held whole.
+        let text = |i: usize| -> String {
+            (0..1000)
+                .map(|k| char::from(b'a' + ((k * 7 + i * 13) % 26) as u8))
+                .collect()
+        };
         let mut d = DeferredText::default();
         let mut s = Scanner::new(1 << 20);
-        for _ in 0..1000 {
-            s.feed(piece.as_bytes(), |ev| {
+        let mut all = String::new();
+        for i in 0..1000 {
+            all += &text(i);
+            s.feed(chunk(&text(i)).as_bytes(), |ev| {
                 d.event(&ev);
             });
-            assert!(d.held_len <= HOLD_MAX);
-            assert_eq!(d.held_len, d.held.iter().map(Vec::len).sum::<usize>());
+            assert!(d.held.len() <= HOLD_MAX);
         }
-        assert_eq!(d.text().len(), 1000 * 1000);
+        assert_eq!(d.text(), all);
     }
 
     proptest! {

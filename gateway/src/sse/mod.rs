@@ -9,6 +9,7 @@
 pub mod decode;
 pub mod deferred;
 mod fast;
+mod hold;
 pub mod scanner;
 
 pub use decode::{Decoded, Usage, decode};

@@ -153,6 +153,11 @@ enum Data<'a> {
 impl<'a> Fields<'a> {
     /// Processes one complete, non-empty line without its line ending.
     fn line(&mut self, line: &'a [u8], joined: &mut Vec<u8>, cap: usize) {
+        // Almost every line of an LLM stream.
+        if let Some(v) = line.strip_prefix(b"data:") {
+            self.data(v.strip_prefix(b" ").unwrap_or(v), joined, cap);
+            return;
+        }
         let (name, value) = match memchr(b':', line) {
             Some(0) => return, // comment
             Some(i) => {
@@ -162,26 +167,31 @@ impl<'a> Fields<'a> {
             None => (line, &line[line.len()..]),
         };
         match name {
-            b"data" => match self.data {
-                Data::None => self.data = Data::One(value),
-                Data::One(first) => {
-                    joined.clear();
-                    let mut cut = push_capped(joined, first, cap);
-                    cut |= push_capped(joined, b"\n", cap);
-                    cut |= push_capped(joined, value, cap);
-                    self.truncated |= cut;
-                    self.data = Data::Joined;
-                }
-                Data::Joined => {
-                    let cut = push_capped(joined, b"\n", cap) | push_capped(joined, value, cap);
-                    self.truncated |= cut;
-                }
-            },
+            b"data" => self.data(value, joined, cap),
             b"event" => self.event = Some(value),
             b"id" if memchr(0, value).is_none() => self.id = Some(value),
             // `retry` only matters to a reconnecting browser; unknown
             // fields are ignored per spec.
             _ => {}
+        }
+    }
+
+    /// A `data` field's value.
+    fn data(&mut self, value: &'a [u8], joined: &mut Vec<u8>, cap: usize) {
+        match self.data {
+            Data::None => self.data = Data::One(value),
+            Data::One(first) => {
+                joined.clear();
+                let mut cut = push_capped(joined, first, cap);
+                cut |= push_capped(joined, b"\n", cap);
+                cut |= push_capped(joined, value, cap);
+                self.truncated |= cut;
+                self.data = Data::Joined;
+            }
+            Data::Joined => {
+                let cut = push_capped(joined, b"\n", cap) | push_capped(joined, value, cap);
+                self.truncated |= cut;
+            }
         }
     }
 

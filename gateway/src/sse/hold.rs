@@ -1,0 +1,440 @@
+//! Event data held for later, stored as its difference from a base event.
+//!
+//! The events of one stream differ in a few bytes: every content delta
+//! repeats the id, model, fingerprint and the same JSON around a token or
+//! two of text. Holding each event's data whole cost a copy of ~250 bytes
+//! per event, and at ~1,000 events the bound on held bytes was reached:
+//! from there every event was decoded as it came (five times the cost of
+//! holding it, measured). Stored as "the first `p` bytes of the base, these
+//! bytes, the last `s` bytes of the base", a content delta takes about its
+//! text plus three bytes, so the same bound covers streams of tens of
+//! thousands of events.
+//!
+//! Exact: each event's bytes are rebuilt as they came, and decoded then.
+//! An event that shares less than half of its bytes with the base is held
+//! whole and becomes the base of the ones after it.
+//!
+//! Records, in blocks that never move (holding more never copies what is
+//! held; a record never spans two blocks): a tag byte, then for a base
+//! `len` and the bytes, for a difference `p`, `s`, `len` and the bytes;
+//! numbers are LEB128.
+
+/// Size of one block of records.
+const BLOCK: usize = 16 * 1024;
+
+const BASE: u8 = 0;
+const DIFF: u8 = 1;
+
+/// How an event compares with the base event of a [`Hold`].
+#[derive(Debug, Clone, Copy)]
+pub struct Diff {
+    /// The base it was taken against.
+    base: Option<(usize, usize, usize)>,
+    /// Common prefix and suffix lengths (0 without a base).
+    p: usize,
+    s: usize,
+}
+
+impl Diff {
+    /// Where in `data` (of `len` bytes) a pattern of up to `margin + 1`
+    /// bytes that is in `data` but nowhere in the base can start: the bytes
+    /// that may differ from the base and `margin` bytes before them.
+    pub fn changed(&self, len: usize, margin: usize) -> std::ops::Range<usize> {
+        self.p.saturating_sub(margin)..len - self.s
+    }
+}
+
+/// Held event data.
+#[derive(Default)]
+pub struct Hold {
+    blocks: Vec<Vec<u8>>,
+    /// Bytes in `blocks`.
+    len: usize,
+    /// Where the base event's bytes are: block, start, length.
+    base: Option<(usize, usize, usize)>,
+    /// The common prefix and suffix lengths of the last event.
+    last: (usize, usize),
+}
+
+impl Hold {
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Nothing held.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Most bytes one [`push`](Self::push) of `data` adds.
+    pub fn bound(data: &[u8]) -> usize {
+        1 + 3 * 10 + data.len()
+    }
+
+    /// How `data` compares with the base event.
+    pub fn diff(&self, data: &[u8]) -> Diff {
+        let Some(base) = self.base_bytes() else {
+            return Diff {
+                base: None,
+                p: 0,
+                s: 0,
+            };
+        };
+        // Like events share the same prefix and suffix with the base: the
+        // last lengths are checked first, one vectorised comparison each.
+        let (gp, gs) = self.last;
+        let p = prefix_from_guess(base, data, gp);
+        let s = suffix_from_guess(&base[p..], &data[p..], gs);
+        Diff {
+            base: self.base,
+            p,
+            s,
+        }
+    }
+
+    /// Holds one event's data; `d` is its [`diff`](Self::diff).
+    pub fn push(&mut self, data: &[u8], d: Diff) {
+        // A diff taken against another base (or none) holds it whole.
+        let (p, s) = if d.base.is_some() && d.base == self.base {
+            (d.p, d.s)
+        } else {
+            (0, 0)
+        };
+        self.last = (p, s);
+        let mut head = [0u8; 31];
+        let mut n = 0;
+        let whole = self.base.is_none() || 2 * (p + s) < data.len();
+        let middle = if whole {
+            head[0] = BASE;
+            n = 1 + put_varint(&mut head[1..], data.len());
+            data
+        } else {
+            head[0] = DIFF;
+            n += 1;
+            n += put_varint(&mut head[n..], p);
+            n += put_varint(&mut head[n..], s);
+            let m = &data[p..data.len() - s];
+            n += put_varint(&mut head[n..], m.len());
+            m
+        };
+        let need = n + middle.len();
+        if self
+            .blocks
+            .last()
+            .is_none_or(|b| b.capacity() - b.len() < need)
+        {
+            self.blocks.push(Vec::with_capacity(BLOCK.max(need)));
+        }
+        let last = self.blocks.len() - 1;
+        let block = &mut self.blocks[last];
+        block.extend_from_slice(&head[..n]);
+        if whole {
+            self.base = Some((last, block.len(), middle.len()));
+        }
+        block.extend_from_slice(middle);
+        self.len += need;
+    }
+
+    fn base_bytes(&self) -> Option<&[u8]> {
+        let (b, at, len) = self.base?;
+        self.blocks.get(b)?.get(at..at + len)
+    }
+
+    /// Hands every held event's data to `each`, in order, and empties the
+    /// hold.
+    pub fn drain(&mut self, mut each: impl FnMut(&[u8])) {
+        let blocks = std::mem::take(&mut self.blocks);
+        self.len = 0;
+        self.base = None;
+        let mut base: &[u8] = &[];
+        let mut event = Vec::new();
+        for block in &blocks {
+            let mut r = Reader { b: block, at: 0 };
+            while let Some(tag) = r.byte() {
+                if tag == BASE {
+                    let Some(data) = r.varint().and_then(|n| r.take(n)) else {
+                        break;
+                    };
+                    base = data;
+                    each(data);
+                } else {
+                    let (Some(p), Some(s)) = (r.varint(), r.varint()) else {
+                        break;
+                    };
+                    let Some(m) = r.varint().and_then(|n| r.take(n)) else {
+                        break;
+                    };
+                    let (Some(head), Some(tail)) = (
+                        base.get(..p),
+                        base.len().checked_sub(s).and_then(|t| base.get(t..)),
+                    ) else {
+                        break;
+                    };
+                    event.clear();
+                    event.extend_from_slice(head);
+                    event.extend_from_slice(m);
+                    event.extend_from_slice(tail);
+                    each(&event);
+                }
+            }
+        }
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let v = *self.b.get(self.at)?;
+        self.at += 1;
+        Some(v)
+    }
+
+    fn varint(&mut self) -> Option<usize> {
+        let mut v = 0usize;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+}
+
+/// Writes `v` as LEB128 into `out` (at least 10 bytes); returns its length.
+fn put_varint(out: &mut [u8], mut v: usize) -> usize {
+    let mut n = 0;
+    while let Some(slot) = out.get_mut(n) {
+        let low = (v & 0x7f) as u8;
+        v >>= 7;
+        n += 1;
+        if v == 0 {
+            *slot = low;
+            break;
+        }
+        *slot = low | 0x80;
+    }
+    n
+}
+
+/// [`common_prefix`], checking first whether the first `guess` bytes are
+/// equal (one vectorised comparison).
+fn prefix_from_guess(a: &[u8], b: &[u8], guess: usize) -> usize {
+    let g = guess.min(a.len()).min(b.len());
+    if a[..g] == b[..g] {
+        g + common_prefix(&a[g..], &b[g..])
+    } else {
+        common_prefix(&a[..g], &b[..g])
+    }
+}
+
+/// [`common_suffix`], checking first whether the last `guess` bytes are
+/// equal.
+fn suffix_from_guess(a: &[u8], b: &[u8], guess: usize) -> usize {
+    let g = guess.min(a.len()).min(b.len());
+    let (ta, tb) = (a.len() - g, b.len() - g);
+    if a[ta..] == b[tb..] {
+        g + common_suffix(&a[..ta], &b[..tb])
+    } else {
+        common_suffix(&a[ta..], &b[tb..])
+    }
+}
+
+/// Length of the common prefix of `a` and `b`, 16 bytes per step.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut i = 0;
+    for (x, y) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+        let d = u128::from_le_bytes(word(x)) ^ u128::from_le_bytes(word(y));
+        if d != 0 {
+            return i + (d.trailing_zeros() / 8) as usize;
+        }
+        i += 16;
+    }
+    i + a[i..]
+        .iter()
+        .zip(&b[i..])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// Length of the common suffix of `a` and `b`, 16 bytes per step.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[a.len() - n..], &b[b.len() - n..]);
+    let mut i = 0;
+    for (x, y) in a.rchunks_exact(16).zip(b.rchunks_exact(16)) {
+        let d = u128::from_be_bytes(word(x)) ^ u128::from_be_bytes(word(y));
+        if d != 0 {
+            return i + (d.trailing_zeros() / 8) as usize;
+        }
+        i += 16;
+    }
+    let (a, b) = (&a[..n - i], &b[..n - i]);
+    i + a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// A 16-byte chunk as an array (the chunks are exact: nothing is cut).
+fn word(x: &[u8]) -> [u8; 16] {
+    let mut w = [0u8; 16];
+    w.copy_from_slice(x);
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive_prefix(a: &[u8], b: &[u8]) -> usize {
+        a.iter().zip(b).take_while(|(x, y)| x == y).count()
+    }
+
+    fn naive_suffix(a: &[u8], b: &[u8]) -> usize {
+        a.iter()
+            .rev()
+            .zip(b.iter().rev())
+            .take_while(|(x, y)| x == y)
+            .count()
+    }
+
+    fn round_trip(events: &[Vec<u8>]) -> (Vec<Vec<u8>>, usize) {
+        let mut h = Hold::default();
+        for e in events {
+            let before = h.len();
+            h.push(e, h.diff(e));
+            assert!(h.len() - before <= Hold::bound(e));
+        }
+        let held = h.len();
+        assert_eq!(held, h.blocks.iter().map(Vec::len).sum::<usize>());
+        let mut out = Vec::new();
+        h.drain(|d| out.push(d.to_vec()));
+        assert!(h.is_empty() && h.blocks.is_empty());
+        (out, held)
+    }
+
+    fn delta(text: &str) -> Vec<u8> {
+        format!(
+            "{{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}],\"usage\":null}}",
+            serde_json::to_string(text).unwrap()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn content_deltas_are_held_as_their_text() {
+        let events: Vec<Vec<u8>> = ["", "Hello", " world", "!", " \u{65e5}\u{672c}"]
+            .iter()
+            .map(|t| delta(t))
+            .collect();
+        let (out, held) = round_trip(&events);
+        assert_eq!(out, events);
+        // The first whole, each other about its text and four bytes.
+        let text: usize = ["Hello", " world", "!", " \u{65e5}\u{672c}"]
+            .iter()
+            .map(|t| t.len())
+            .sum();
+        assert!(held <= 1 + 2 + events[0].len() + text + 4 * 4, "{held}");
+    }
+
+    #[test]
+    fn an_event_unlike_the_base_becomes_the_base() {
+        let tool = br#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":1}"}}]}}]}"#.to_vec();
+        let events = vec![
+            delta("a"),
+            tool.clone(),
+            tool.clone(),
+            delta("b"),
+            delta("c"),
+        ];
+        let (out, _) = round_trip(&events);
+        assert_eq!(out, events);
+    }
+
+    #[test]
+    fn records_larger_than_a_block_and_many_blocks() {
+        let mut events = vec![vec![b'x'; 3 * BLOCK]];
+        for i in 0..5000 {
+            events.push(delta(&format!("piece {i}")));
+        }
+        events.push(Vec::new());
+        let (out, _) = round_trip(&events);
+        assert_eq!(out, events);
+    }
+
+    #[test]
+    fn varints_round_trip() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            usize::MAX >> 1,
+            usize::MAX,
+        ] {
+            let mut b = [0u8; 10];
+            let n = put_varint(&mut b, v);
+            let mut r = Reader { b: &b[..n], at: 0 };
+            assert_eq!(r.varint(), Some(v));
+            assert_eq!(r.at, n);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn prefix_and_suffix_match_a_byte_loop(
+            a in proptest::collection::vec(0u8..3, 0..80),
+            b in proptest::collection::vec(0u8..3, 0..80),
+            shared in proptest::collection::vec(any::<u8>(), 0..70),
+        ) {
+            let x = [shared.as_slice(), &a].concat();
+            let y = [shared.as_slice(), &b].concat();
+            prop_assert_eq!(common_prefix(&x, &y), naive_prefix(&x, &y));
+            for g in [0, 1, shared.len(), shared.len() + 3, 200] {
+                prop_assert_eq!(prefix_from_guess(&x, &y, g), naive_prefix(&x, &y));
+            }
+            let x = [a.as_slice(), &shared].concat();
+            let y = [b.as_slice(), &shared].concat();
+            prop_assert_eq!(common_suffix(&x, &y), naive_suffix(&x, &y));
+            for g in [0, 1, shared.len(), shared.len() + 3, 200] {
+                prop_assert_eq!(suffix_from_guess(&x, &y, g), naive_suffix(&x, &y));
+            }
+        }
+
+        #[test]
+        fn every_event_comes_back_as_it_went_in(
+            events in proptest::collection::vec(
+                proptest::collection::vec(0u8..4, 0..60), 0..40),
+            prefix in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let events: Vec<Vec<u8>> = events
+                .into_iter()
+                .map(|e| [prefix.as_slice(), &e, &prefix].concat())
+                .collect();
+            let (out, _) = round_trip(&events);
+            prop_assert_eq!(out, events);
+        }
+    }
+}
