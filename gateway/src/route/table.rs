@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::glob::Glob;
 use crate::failover::{Breaker, Cond, FailureCounts};
-use crate::tokens::Tokenizer;
+use crate::tokens::{Encoding, Tokenizer};
 
 /// Index of an upstream in `Config::upstreams`.
 pub type UpstreamId = u32;
@@ -288,6 +288,31 @@ impl RouteTable {
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
+
+    /// The encodings token counting may use: each target's, by the
+    /// model's `tokenizer` setting or the served model's family; both for
+    /// a glob target that sends the client's model name on (its family is
+    /// known only per request).
+    pub fn encodings(&self) -> Vec<Encoding> {
+        let mut out = Vec::with_capacity(2);
+        let mut add = |e: Encoding| {
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        };
+        for r in &self.routes {
+            for t in &r.targets {
+                let served = t.model.as_deref().or((!r.is_glob).then_some(&*r.name));
+                if r.tokenizer.is_none() && served.is_none() {
+                    add(Encoding::O200k);
+                    add(Encoding::Cl100k);
+                } else if let Some(e) = crate::tokens::resolve(r.tokenizer, served.unwrap_or("")) {
+                    add(e);
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -299,6 +324,43 @@ mod tests {
             aliases: aliases.iter().map(|s| s.to_string()).collect(),
             ..ModelSpec::new(name, vec![Target::new(0, None, 1)])
         }
+    }
+
+    #[test]
+    fn encodings_in_use() {
+        let model = |name: &str, served: Option<&str>, tok: Option<Tokenizer>| ModelSpec {
+            tokenizer: tok,
+            ..ModelSpec::new(name, vec![Target::new(0, served.map(Arc::from), 1)])
+        };
+        let enc = |specs| RouteTable::build(specs).unwrap().encodings();
+        assert_eq!(
+            enc(vec![
+                model("gpt-4o-mini", None, None),
+                model("fast", Some("gpt-4.1"), None)
+            ]),
+            vec![Encoding::O200k]
+        );
+        // Other families count with cl100k_base; `none` counts nothing.
+        assert_eq!(
+            enc(vec![
+                model("claude-3", None, None),
+                model("gpt-4o", None, Some(Tokenizer::None))
+            ]),
+            vec![Encoding::Cl100k]
+        );
+        assert_eq!(
+            enc(vec![model("llama", None, Some(Tokenizer::O200kBase))]),
+            vec![Encoding::O200k]
+        );
+        // A glob passing the client's model on: either.
+        assert_eq!(
+            enc(vec![model("gpt-*", None, None)]),
+            vec![Encoding::O200k, Encoding::Cl100k]
+        );
+        assert_eq!(
+            enc(vec![model("gpt-*", Some("gpt-4o"), None)]),
+            vec![Encoding::O200k]
+        );
     }
 
     #[test]

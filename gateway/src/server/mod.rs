@@ -55,7 +55,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     // Build the BPE tables before the first request needs them.
     let warm = Instant::now();
-    crate::tokens::warm_up();
+    crate::tokens::warm_up(&cfg.routes.encodings());
     tracing::debug!(
         ms = warm.elapsed().as_millis() as u64,
         "token encoders ready"

@@ -28,7 +28,8 @@
 //!
 //! Encoders are built once per process on first use (about 45 ms for
 //! o200k_base, 20 ms for cl100k_base) and shared read-only by every thread;
-//! [`warm_up`] builds them ahead of the first request.
+//! [`warm_up`] builds the ones the configured models use ahead of the first
+//! request.
 //!
 //! # Failure behavior
 //!
@@ -178,9 +179,13 @@ impl Counting {
     };
 }
 
-/// Builds both encoders now rather than on the first request.
-pub fn warm_up() {
-    for enc in [Encoding::O200k, Encoding::Cl100k] {
+/// Builds the encoders `encs` now rather than on the first request that
+/// needs one. Each costs tens of MB resident (measured, release build:
+/// o200k_base 84 MB, cl100k_base 44 MB, against 29 MB for the rest of an
+/// idle gateway) and tens of ms to build, so only those the configured
+/// models use are built; another is built on first use.
+pub fn warm_up(encs: &[Encoding]) {
+    for enc in encs {
         enc.count("warm");
     }
 }
