@@ -29,9 +29,15 @@ fn hold(g: &AtomicU64) -> Held<'_> {
 }
 
 impl ConnGauges {
-    /// Counts an open client connection while the guard lives.
-    pub fn open(&self) -> Held<'_> {
-        hold(&self.open)
+    /// A client connection was accepted (see `worker::Accepted`, which
+    /// pairs it with [`closed`](Self::closed)).
+    pub fn opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client connection ended.
+    pub fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Counts a parked connection while the guard lives.
@@ -60,10 +66,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn guards_count_while_they_live() {
+    fn connections_and_parked_guards_are_counted() {
         let g = ConnGauges::default();
-        let a = g.open();
-        let b = g.open();
+        g.opened();
+        g.opened();
         let p = g.parked();
         let mut text = String::new();
         g.render(&mut text);
@@ -72,7 +78,8 @@ mod tests {
             text.contains("\ntollgate_client_connections_parked 1\n"),
             "{text}"
         );
-        drop((a, p));
+        g.closed();
+        drop(p);
         text.clear();
         g.render(&mut text);
         assert!(text.contains("\ntollgate_client_connections 1\n"), "{text}");
@@ -80,6 +87,9 @@ mod tests {
             text.contains("\ntollgate_client_connections_parked 0\n"),
             "{text}"
         );
-        drop(b);
+        g.closed();
+        text.clear();
+        g.render(&mut text);
+        assert!(text.contains("\ntollgate_client_connections 0\n"), "{text}");
     }
 }

@@ -253,17 +253,37 @@ pub async fn run(
     }
 }
 
+/// An accepted client connection, counted while it lives: in the
+/// worker's `active` (shutdown waits for it to reach 0) and in the
+/// process-wide `tollgate_client_connections` gauge.
+struct Accepted(Rc<Worker>);
+
+impl Accepted {
+    fn new(w: Rc<Worker>) -> Self {
+        w.active.set(w.active.get() + 1);
+        w.shared.conns.opened();
+        Accepted(w)
+    }
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
+        self.0.shared.conns.closed();
+    }
+}
+
 async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
-                let w = worker.clone();
-                w.active.set(w.active.get() + 1);
+                // Counted from here, before the task first runs: a
+                // shutdown right now still waits for it.
+                let open = Accepted::new(worker.clone());
                 monoio::spawn(async move {
-                    let _open = w.shared.conns.open();
-                    super::conn::serve(&w, stream).await;
-                    w.active.set(w.active.get() - 1);
+                    super::conn::serve(&open.0, stream).await;
+                    drop(open);
                 });
             }
             Err(e) => {
