@@ -257,6 +257,27 @@ mod tests {
     }
 
     #[test]
+    fn a_long_stream_is_held_to_its_end_not_decoded_on_the_way() {
+        // 20,000 content deltas the size of OpenAI's: all held (nothing
+        // decoded before the text is asked for), in a fraction of the
+        // bound. Before events were held as differences, the bound was
+        // reached at ~1,000 and every later event was decoded as it came.
+        let mut d = DeferredText::default();
+        let mut s = Scanner::new(1 << 20);
+        let mut all = String::new();
+        for i in 0..20_000 {
+            let t = format!(" w{}", i % 97);
+            all += &t;
+            s.feed(chunk(&t).as_bytes(), |ev| {
+                d.event(&ev);
+            });
+        }
+        assert!(d.text.is_empty(), "decoded before it was asked for");
+        assert!(d.held.len() < HOLD_MAX / 2, "{} bytes held", d.held.len());
+        assert_eq!(d.text(), all);
+    }
+
+    #[test]
     fn held_data_is_bounded() {
         // Texts that share nothing: each is held whole.
         let text = |i: usize| -> String {
