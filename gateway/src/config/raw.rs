@@ -246,7 +246,10 @@ pub struct RawUpstream {
     /// upstream connection (measured in the load harness: p99 133 ms
     /// against 13.5 ms at 256 concurrent requests).
     pub max_idle: Option<usize>,
-    /// Pooled connection lifetime when idle. Default "60s".
+    /// Pooled connection lifetime when idle. Default "60s". A pooled
+    /// connection that dies less than a second after its last answer is
+    /// taken as a server gone (failover), so for a server whose keep-alive
+    /// timeout is under a second this must be below it.
     pub idle_timeout: Option<String>,
     /// Ask for `stream_options.include_usage` on streams (the provider must
     /// accept the field; OpenAI and vLLM do). Default true.
