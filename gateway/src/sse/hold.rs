@@ -40,7 +40,7 @@ impl Diff {
     /// bytes that is in `data` but nowhere in the base can start: the bytes
     /// that may differ from the base and `margin` bytes before them.
     pub fn changed(&self, len: usize, margin: usize) -> std::ops::Range<usize> {
-        self.p.saturating_sub(margin)..len - self.s
+        self.p.saturating_sub(margin)..len.saturating_sub(self.s)
     }
 }
 
@@ -96,8 +96,9 @@ impl Hold {
 
     /// Holds one event's data; `d` is its [`diff`](Self::diff).
     pub fn push(&mut self, data: &[u8], d: Diff) {
-        // A diff taken against another base (or none) holds it whole.
-        let (p, s) = if d.base.is_some() && d.base == self.base {
+        // A diff taken against another base (or none, or for other data)
+        // holds it whole.
+        let (p, s) = if d.base.is_some() && d.base == self.base && d.p + d.s <= data.len() {
             (d.p, d.s)
         } else {
             (0, 0)
@@ -379,6 +380,19 @@ mod tests {
         events.push(Vec::new());
         let (out, _) = round_trip(&events);
         assert_eq!(out, events);
+    }
+
+    #[test]
+    fn a_diff_for_other_data_is_held_whole() {
+        let mut h = Hold::default();
+        let (a, b) = (delta("first"), delta("second"));
+        h.push(&a, h.diff(&a));
+        let d = h.diff(&a);
+        h.push(b"short", d);
+        h.push(&b, h.diff(&b));
+        let mut out = Vec::new();
+        h.drain(|e| out.push(e.to_vec()));
+        assert_eq!(out, vec![a, b"short".to_vec(), b]);
     }
 
     #[test]
