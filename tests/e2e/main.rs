@@ -534,6 +534,37 @@ fn streams_pass_every_byte_in_order() {
 /// for the `"usage":null` field providers put in every chunk once usage is
 /// on (harmless: SDKs model `usage` as optional).
 #[test]
+fn a_long_fast_stream_arrives_whole_as_relayed_and_as_rewritten() {
+    // 5,000 events sent at once: the relay's reads fill their buffer and it
+    // grows; the stream must still match the provider's byte for byte.
+    let m = mock(&[]);
+    let body = r#"{"model":"llama-3-8b","stream":true,"max_tokens":5000,"messages":[{"role":"user","content":"a long one"}]}"#;
+    let direct = request(m.addr, &post("/v1/chat/completions", body, ""));
+    assert_eq!(direct.text().matches("data: ").count(), 5000 + 3);
+    // `stream_usage = false`: relayed as it comes; default: the gateway
+    // asks for usage and removes the usage chunk again.
+    for usage in [false, true] {
+        let cfg = config_for(&m, "", BASIC_MODELS).replace(
+            "base_url = ",
+            &format!("stream_usage = {usage}\nbase_url = "),
+        );
+        let g = gateway(&cfg, &[]);
+        let via = request(g.addr, &post("/v1/chat/completions", body, ""));
+        assert_eq!(via.status, 200);
+        // (The provider adds `"usage":null` to every event when asked for
+        // usage.)
+        assert!(
+            via.text().replace(",\"usage\":null", "") == direct.text(),
+            "stream_usage = {usage}: the bodies differ"
+        );
+        assert!(!via.text().contains("\"usage\":{"), "usage leaked");
+        if !usage {
+            assert!(via.raw_body == direct.raw_body, "chunk framing changed");
+        }
+    }
+}
+
+#[test]
 fn injected_usage_chunk_is_invisible_to_the_client() {
     let (m, g) = basic();
     let body = r#"{"model":"llama-3-8b","stream":true,"max_tokens":25,"messages":[{"role":"user","content":"hidden usage"}]}"#;
