@@ -23,11 +23,6 @@ impl Drop for Held<'_> {
     }
 }
 
-fn hold(g: &AtomicU64) -> Held<'_> {
-    g.fetch_add(1, Ordering::Relaxed);
-    Held(g)
-}
-
 impl ConnGauges {
     /// A client connection was accepted (see `worker::Accepted`, which
     /// pairs it with [`closed`](Self::closed)).
@@ -42,7 +37,8 @@ impl ConnGauges {
 
     /// Counts a parked connection while the guard lives.
     pub fn parked(&self) -> Held<'_> {
-        hold(&self.parked)
+        self.parked.fetch_add(1, Ordering::Relaxed);
+        Held(&self.parked)
     }
 
     /// Appends the Prometheus text of the gauges.

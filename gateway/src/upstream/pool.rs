@@ -47,14 +47,7 @@ impl Pool {
             return Take::Empty;
         };
         let now = crate::sys::coarse_mono_ms();
-        let timeout = idle_timeout.as_millis() as u64;
-        // Entries are in age order: the front is oldest.
-        let fresh = stack.partition_point(|i| now.saturating_sub(i.since_ms) >= timeout);
-        if fresh > 0 {
-            for i in stack.drain(..fresh) {
-                cookies::forget(i.conn.cookie());
-            }
-        }
+        expire(stack, now, idle_timeout);
         // Connections the kernel saw reset while idle are dropped here,
         // before a request is written to them (eBPF; a no-op without).
         while let Some(i) = stack.pop() {
@@ -75,9 +68,7 @@ impl Pool {
     /// restart) and the rest would only fail the next requests one by one.
     pub fn purge(&mut self, up: UpstreamId) {
         if let Some(stack) = self.idle.get_mut(up as usize) {
-            for e in stack.drain(..) {
-                cookies::forget(e.conn.cookie());
-            }
+            forget(stack.drain(..));
         }
     }
 
@@ -106,16 +97,27 @@ impl Pool {
     pub fn sweep(&mut self, timeout_of: impl Fn(usize) -> Duration) {
         let now = crate::sys::coarse_mono_ms();
         for (i, stack) in self.idle.iter_mut().enumerate() {
-            let t = timeout_of(i).as_millis() as u64;
-            let fresh = stack.partition_point(|e| now.saturating_sub(e.since_ms) >= t);
-            for e in stack.drain(..fresh) {
-                cookies::forget(e.conn.cookie());
-            }
+            expire(stack, now, timeout_of(i));
         }
     }
 
     /// Idle connections held for an upstream.
     pub fn idle_count(&self, up: UpstreamId) -> usize {
         self.idle.get(up as usize).map_or(0, Vec::len)
+    }
+}
+
+/// Drops the connections of `stack` idle for `timeout` or longer at `now`
+/// (`coarse_mono_ms`). Entries are in age order: the front is oldest.
+fn expire(stack: &mut Vec<Idle>, now: u64, timeout: Duration) {
+    let t = timeout.as_millis() as u64;
+    let old = stack.partition_point(|e| now.saturating_sub(e.since_ms) >= t);
+    forget(stack.drain(..old));
+}
+
+/// Drops connections taken out of a pool unused.
+fn forget(dropped: impl Iterator<Item = Idle>) {
+    for e in dropped {
+        cookies::forget(e.conn.cookie());
     }
 }
