@@ -135,6 +135,11 @@ fn stream_50() -> Vec<u8> {
 /// A chunked body of `n` events, one per chunk: a role chunk, content
 /// deltas, a finish chunk, the usage-only chunk and `[DONE]`.
 fn chunked_stream(n: usize) -> Vec<u8> {
+    framed_stream(n, true)
+}
+
+/// The events of `chunked_stream`, framed in chunks or not.
+fn framed_stream(n: usize, chunked: bool) -> Vec<u8> {
     let mut datas = vec![chunk(
         r#"{"role":"assistant","content":"","refusal":null}"#,
         "null",
@@ -155,16 +160,22 @@ fn chunked_stream(n: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for d in datas {
         let event = format!("data: {d}\n\n");
-        out.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+        if chunked {
+            out.extend_from_slice(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes());
+        } else {
+            out.extend_from_slice(event.as_bytes());
+        }
     }
-    out.extend_from_slice(b"0\r\n\r\n");
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
     out
 }
 
 /// Relays `body` in `read`-byte reads the way `server::relay` does;
 /// returns (bytes the client would get in rewrite mode, completion
 /// tokens).
-fn relay_payload(body: &[u8], read: usize, rewrite: bool) -> (u64, u64) {
+fn relay_payload(body: &[u8], read: usize, rewrite: bool, chunked: bool) -> (u64, u64) {
     let mut acct = Accountant::new(
         Some(Encoding::O200k),
         true,
@@ -179,13 +190,19 @@ fn relay_payload(body: &[u8], read: usize, rewrite: bool) -> (u64, u64) {
     let mut sent = 0u64;
     for r in body.chunks(read) {
         out.clear();
-        let fwd = dec.feed(r, |p| {
-            if rewrite {
-                acct.payload(p, Some(&mut out));
-            } else {
-                acct.payload(p, None);
-            }
-        });
+        if !chunked {
+            acct.payload(r, rewrite.then_some(&mut out));
+            sent += out.len() as u64;
+            continue;
+        }
+        let fwd = if rewrite {
+            let at = acct.open_payload(&mut out);
+            let fwd = dec.feed(r, |p| out.extend_from_slice(p));
+            acct.close_payload(&mut out, at);
+            fwd
+        } else {
+            dec.feed(r, |p| acct.payload(p, None))
+        };
         assert_eq!(fwd, Ok(r.len()));
         sent += out.len() as u64;
     }
@@ -333,8 +350,9 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let body = chunked_stream(1000);
-    let (raw_sent, raw_tokens) = relay_payload(&body, 16 << 10, false);
-    let (sent, tokens) = relay_payload(&body, 16 << 10, true);
+    let (raw_sent, raw_tokens) = relay_payload(&body, 16 << 10, false, true);
+    let (sent, tokens) = relay_payload(&body, 16 << 10, true, true);
+    let plain = framed_stream(1000, false);
     assert_eq!((raw_sent, raw_tokens), (0, 997));
     assert_eq!(tokens, 997);
     // The client gets every event but the usage chunk.
@@ -345,7 +363,12 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::from_parameter(format!("1000_events_16KB_reads_{name}")),
             &body,
-            |b, s| b.iter(|| relay_payload(black_box(s), 16 << 10, rewrite)),
+            |b, s| b.iter(|| relay_payload(black_box(s), 16 << 10, rewrite, true)),
+        );
+        g.bench_with_input(
+            BenchmarkId::from_parameter(format!("1000_events_16KB_reads_{name}_unchunked")),
+            &plain,
+            |b, s| b.iter(|| relay_payload(black_box(s), 16 << 10, rewrite, false)),
         );
     }
     g.finish();

@@ -147,13 +147,112 @@ impl Accountant {
         self.rewrite.is_some()
     }
 
-    /// Looks at the next payload bytes. In rewrite mode the bytes to send
-    /// are appended to `fwd`; otherwise `fwd` (when given) gets `p` as is.
+    /// Looks at the next payload bytes. With `fwd` (payload mode: the
+    /// gateway writes what the client gets) the bytes to send are appended
+    /// to it, rewritten in rewrite mode; without, they are only looked at
+    /// (the relay forwards the upstream's bytes as they are).
     pub fn payload(&mut self, p: &[u8], fwd: Option<&mut Vec<u8>>) {
-        let Some(scanner) = self.scanner.as_mut() else {
-            if let Some(f) = fwd {
-                f.extend_from_slice(p);
+        match fwd {
+            Some(out) => {
+                let at = self.open_payload(out);
+                out.extend_from_slice(p);
+                self.close_payload(out, at);
             }
+            None => self.look(p),
+        }
+    }
+
+    /// Payload mode, in two steps around one upstream read: the relay
+    /// appends the read's payload (chunk framing removed) to `out` after
+    /// this call, then calls [`close_payload`](Self::close_payload) with
+    /// the returned start. In rewrite mode the held bytes of an unfinished
+    /// event are put in `out` first, so the events are one contiguous run
+    /// there: scanned in one pass, dropped or added to in place, copied
+    /// once.
+    pub fn open_payload(&mut self, out: &mut Vec<u8>) -> usize {
+        let at = out.len();
+        if let Some(rw) = self.rewrite.as_mut() {
+            out.extend_from_slice(&rw.pending);
+            rw.pending.clear();
+        }
+        at
+    }
+
+    /// Payload mode, second step: `out[at..]` holds what
+    /// [`open_payload`](Self::open_payload) put there followed by the
+    /// read's payload. Looks at the payload and, in rewrite mode, leaves in
+    /// `out` only what the client gets now: whole events, the usage chunk
+    /// the gateway asked for dropped, an estimated one added before
+    /// `[DONE]`; an unfinished event's bytes are held back for the next
+    /// read.
+    pub fn close_payload(&mut self, out: &mut Vec<u8>, at: usize) {
+        let (Some(scanner), Some(rw)) = (self.scanner.as_mut(), self.rewrite.as_mut()) else {
+            self.look(&out[at..]);
+            return;
+        };
+        let text = &mut self.text;
+        let usage = &mut self.usage;
+        let saw_done = &mut self.saw_done;
+        let added_count = &mut self.added_count;
+        let enc = self.enc;
+        let prompt = self.prompt_estimate.unwrap_or(0);
+        let (rid, served, object) = (&*self.request_id, &*self.served, self.chunk_object);
+        let Rewrite {
+            strip_usage,
+            add_usage,
+            base,
+            done_to,
+            ..
+        } = rw;
+        // `out[at..]` starts at absolute payload offset `base` (the first
+        // byte not sent yet); the read's own bytes start where the
+        // scanner is.
+        let new_from = at + (scanner.offset() - *base) as usize;
+        // Dropped spans and added events, in stream order (usually none:
+        // the usage chunk comes once, at the end).
+        let mut edits: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        scanner.feed(&out[new_from..], |ev| {
+            let d = text.event(&ev);
+            if *strip_usage && d.usage_only {
+                edits.push((ev.start, ev.end, Vec::new()));
+            } else if *add_usage && d.done && usage.is_none() {
+                let ids = (rid, served, object);
+                let added = estimate_event(text, enc, added_count, ids, prompt);
+                edits.push((ev.start, ev.start, added));
+            }
+            note(&d, usage, saw_done);
+            *done_to = ev.end;
+        });
+        if scanner.is_idle() {
+            // Between events: bytes that belong to no event
+            // (`: keep-alive` comments, stray blank lines) go out now
+            // instead of waiting for the next event.
+            *done_to = scanner.offset();
+        }
+        let from = *base;
+        let idx = |abs: u64| at + (abs - from) as usize;
+        let sent_to = idx(*done_to);
+        // An event larger than any real one (or a body that is not SSE):
+        // stop holding bytes back and pass the rest through as it is (a
+        // usage chunk may then reach a client that did not ask for it).
+        let give_up = out.len() - sent_to > MAX_EVENT;
+        if !give_up {
+            rw.pending.extend_from_slice(&out[sent_to..]);
+            out.truncate(sent_to);
+            *base = *done_to;
+        }
+        // From the back, so the offsets of earlier edits stay valid.
+        for (start, end, add) in edits.into_iter().rev() {
+            drop(out.splice(idx(start)..idx(end), add));
+        }
+        if give_up {
+            self.rewrite = None;
+        }
+    }
+
+    /// Looks at payload bytes that go to the client unchanged.
+    fn look(&mut self, p: &[u8]) {
+        let Some(scanner) = self.scanner.as_mut() else {
             if !self.stream && !self.body_over {
                 if self.body.len() + p.len() > MAX_BODY {
                     self.body_over = true;
@@ -167,91 +266,10 @@ impl Accountant {
         let text = &mut self.text;
         let usage = &mut self.usage;
         let saw_done = &mut self.saw_done;
-        let added_count = &mut self.added_count;
-        match self.rewrite.as_mut() {
-            None => {
-                if let Some(f) = fwd {
-                    f.extend_from_slice(p);
-                }
-                scanner.feed(p, |ev| {
-                    let d = text.event(&ev);
-                    note(&d, usage, saw_done);
-                });
-            }
-            Some(rw) => {
-                // The events' bytes are read from `p` itself when nothing
-                // is pending (the stream was between events): only an
-                // event's unfinished tail is copied to `pending`.
-                let from_pending = !rw.pending.is_empty();
-                if from_pending {
-                    rw.pending.extend_from_slice(p);
-                } else {
-                    rw.base = scanner.offset();
-                }
-                // Forwarded bytes go straight into the caller's buffer.
-                let mut unused = Vec::new();
-                let out: &mut Vec<u8> = match fwd {
-                    Some(f) => f,
-                    None => &mut unused,
-                };
-                let enc = self.enc;
-                let prompt = self.prompt_estimate.unwrap_or(0);
-                let (rid, served, object) = (&*self.request_id, &*self.served, self.chunk_object);
-                let Rewrite {
-                    strip_usage,
-                    add_usage,
-                    pending,
-                    base,
-                    done_to,
-                } = rw;
-                let src: &[u8] = if from_pending { pending } else { p };
-                let rel = |abs: u64| (abs.saturating_sub(*base) as usize).min(src.len());
-                scanner.feed(p, |ev| {
-                    let d = text.event(&ev);
-                    let drop_it = *strip_usage && d.usage_only;
-                    let add_before = *add_usage && d.done && usage.is_none();
-                    note(&d, usage, saw_done);
-                    let from = rel(*done_to);
-                    if drop_it {
-                        out.extend_from_slice(&src[from..rel(ev.start)]);
-                    } else if add_before {
-                        out.extend_from_slice(&src[from..rel(ev.start)]);
-                        let ids = (rid, served, object);
-                        out.extend_from_slice(&estimate_event(text, enc, added_count, ids, prompt));
-                        out.extend_from_slice(&src[rel(ev.start)..rel(ev.end)]);
-                    } else {
-                        out.extend_from_slice(&src[from..rel(ev.end)]);
-                    }
-                    *done_to = ev.end;
-                });
-                if scanner.is_idle() {
-                    // Between events: bytes that belong to no event
-                    // (`: keep-alive` comments, stray blank lines) go out
-                    // now instead of waiting for the next event.
-                    out.extend_from_slice(&src[rel(*done_to)..]);
-                    *done_to = scanner.offset();
-                }
-                let consumed = rel(*done_to);
-                let give_up = src.len() - consumed > MAX_EVENT;
-                if give_up {
-                    // An event larger than any real one (or a body that is
-                    // not SSE): stop holding bytes back and pass the rest
-                    // through as it is (a usage chunk may then reach a
-                    // client that did not ask for it).
-                    out.extend_from_slice(&src[consumed..]);
-                    pending.clear();
-                } else if from_pending {
-                    pending.drain(..consumed);
-                    *base += consumed as u64;
-                } else {
-                    pending.extend_from_slice(&p[consumed..]);
-                    *base += consumed as u64;
-                }
-                if give_up {
-                    self.rewrite = None;
-                }
-            }
-        }
+        scanner.feed(p, |ev| {
+            let d = text.event(&ev);
+            note(&d, usage, saw_done);
+        });
     }
 
     /// End of the upstream body: dispatches a last unterminated event and,
@@ -535,6 +553,46 @@ mod tests {
             a.end(Some(&mut out));
             proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), kept);
             proptest::prop_assert_eq!(a.tally().completion, (1, Source::Provider));
+        }
+
+        /// The same for an added usage chunk: a client that asked for
+        /// usage the provider did not send gets the estimate right before
+        /// `[DONE]`, whatever the reads, the events around it untouched.
+        #[test]
+        fn an_added_usage_chunk_does_not_depend_on_read_boundaries(
+            cuts in proptest::collection::vec(0usize..400, 0..12),
+            events in 1usize..6,
+        ) {
+            let mut stream = String::from(": keep-alive\n\n");
+            for _ in 0..events {
+                stream += CHUNK;
+            }
+            let before = stream.clone();
+            stream += "data: [DONE]\n\n";
+            let bytes = stream.as_bytes();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut a = rewriting(false, true);
+            let mut out = Vec::new();
+            let mut from = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                a.payload(&bytes[from..c.max(from)], Some(&mut out));
+                from = c.max(from);
+            }
+            a.end(Some(&mut out));
+            let out = String::from_utf8(out).unwrap();
+            let added = out
+                .strip_prefix(before.as_str())
+                .and_then(|rest| rest.strip_suffix("data: [DONE]\n\n"));
+            proptest::prop_assert!(added.is_some(), "{}", out);
+            let added = added.unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(
+                added.trim_end().strip_prefix("data: ").unwrap_or_default(),
+            )
+            .unwrap_or_default();
+            proptest::prop_assert_eq!(&v["usage"]["completion_tokens"], events as u64);
+            proptest::prop_assert_eq!(&v["usage"]["prompt_tokens"], 7);
+            proptest::prop_assert_eq!(a.tally().completion, (events as u64, Source::Estimated));
         }
     }
 }

@@ -457,7 +457,14 @@ fn feed(
 ) -> Result<Fed, Error> {
     match emit {
         Emit::Raw => body.feed(input, |p| acct.payload(p, None)),
-        Emit::Payload { .. } => body.feed(input, |p| acct.payload(p, Some(out))),
+        Emit::Payload { .. } => {
+            // The read's payload is copied to `out` as one run, then
+            // looked at (and rewritten) there in one pass.
+            let at = acct.open_payload(out);
+            let fed = body.feed(input, |p| out.extend_from_slice(p));
+            acct.close_payload(out, at);
+            fed
+        }
     }
 }
 
