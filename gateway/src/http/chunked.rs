@@ -111,6 +111,24 @@ impl ChunkedDecoder {
                     }
                     continue;
                 }
+                State::Size { digits: 0 } if let Some((size, len)) = size_line(&input[i..]) => {
+                    // The common case, a whole `hex CRLF` size line in the
+                    // input, read in one step; anything else byte by byte.
+                    i += len;
+                    if size == 0 {
+                        self.meta = 0;
+                        self.state = State::TrailerStart;
+                    } else {
+                        self.remaining = size;
+                        self.state = State::Data;
+                    }
+                    continue;
+                }
+                State::DataCr if input[i..].starts_with(b"\r\n") => {
+                    i += 2;
+                    self.state = State::Size { digits: 0 };
+                    continue;
+                }
                 State::Size { digits } => {
                     let v = match b {
                         b'0'..=b'9' => b - b'0',
@@ -207,6 +225,27 @@ impl ChunkedDecoder {
         }
         Ok(i)
     }
+}
+
+/// A size line without extension at the start of `input`: (size, line
+/// length with its CRLF). `None` when it is not all there or has an
+/// extension, whitespace or a fault (the byte-wise path decides).
+fn size_line(input: &[u8]) -> Option<(u64, usize)> {
+    let mut size = 0u64;
+    // At most 15 digits here, so the size cannot overflow.
+    for (k, &b) in input.iter().take(16).enumerate() {
+        let v = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            b'\r' if k > 0 => {
+                return (input.get(k + 1) == Some(&b'\n')).then_some((size, k + 2));
+            }
+            _ => return None,
+        };
+        size = (size << 4) | u64::from(v);
+    }
+    None
 }
 
 /// Appends `data` as one chunk (no-op for empty data, which would end
@@ -340,6 +379,55 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn whole_lines_decode_as_byte_by_byte(
+            chunks in prop::collection::vec((0usize..40, any::<bool>(), any::<bool>()), 0..8),
+            flips in prop::collection::vec(
+                (any::<prop::sample::Index>(), prop::sample::select(b"0aF\r\n; G".to_vec())),
+                0..3,
+            ),
+        ) {
+            // Chunks with and without extensions, upper- and lower-case
+            // sizes, then a few bytes overwritten.
+            let mut wire = Vec::new();
+            for (n, ext, upper) in &chunks {
+                let size = if *upper { format!("{n:X}") } else { format!("{n:x}") };
+                wire.extend_from_slice(size.as_bytes());
+                if *ext {
+                    wire.extend_from_slice(b";a=b");
+                }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend(std::iter::repeat_n(b'x', *n));
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            for (at, b) in &flips {
+                let i = at.index(wire.len());
+                wire[i] = *b;
+            }
+            // Whole size lines take the one-step path; one byte at a time
+            // always takes the byte-wise one. Same payload, same end, same
+            // faults.
+            let mut whole = ChunkedDecoder::new();
+            let mut a = Vec::new();
+            let ra = whole.feed(&wire, |s| a.extend_from_slice(s));
+            let mut bytewise = ChunkedDecoder::new();
+            let mut b = Vec::new();
+            let mut rb = Ok(0);
+            for i in 0..wire.len() {
+                match bytewise.feed(&wire[i..i + 1], |s| b.extend_from_slice(s)) {
+                    Ok(n) => {
+                        rb = Ok(rb.unwrap_or(0) + n);
+                        if n == 0 { break; }
+                    }
+                    Err(e) => { rb = Err(e); break; }
+                }
+            }
+            prop_assert_eq!(ra, rb);
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(whole.is_done(), bytewise.is_done());
+        }
+
         #[test]
         fn any_split_decodes_the_same(
             payload in prop::collection::vec(any::<u8>(), 0..2000),
