@@ -238,7 +238,7 @@ pub async fn relay(
             Some(idle) if idle >= STALE_MIN_IDLE => stale += 1,
             // Used moments ago: the process behind it is gone.
             Some(_) => {
-                w.pool.borrow_mut().purge(p.upstream);
+                w.pool.borrow_mut().purge(p.upstream, STALE_MIN_IDLE);
                 match gone(early, started, decide) {
                     Some(f) => return Err(f),
                     None => fresh_only = true,
