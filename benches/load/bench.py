@@ -290,10 +290,16 @@ class Direct(System):
 
 
 class Tollgate(System):
-    def __init__(self, driver):
-        self.driver = driver
-        self.name = "tollgate" if driver == "io_uring" else "tollgate-legacy"
-        self.label = f"tollgate ({'io_uring' if driver == 'io_uring' else 'epoll'})"
+    """`ebpf`: the `[ebpf] enabled` setting; "auto" (the default config:
+    loaded when the harness runs as root) or "off", to show what the
+    kernel signals cost per request and buy on failover."""
+
+    def __init__(self, driver, ebpf="auto"):
+        self.driver, self.ebpf = driver, ebpf
+        drv = "io_uring" if driver == "io_uring" else "epoll"
+        self.name = ("tollgate" if driver == "io_uring" else "tollgate-legacy") + \
+            ("-noebpf" if ebpf == "off" else "")
+        self.label = f"tollgate ({drv}{', eBPF off' if ebpf == 'off' else ''})"
         self.configs = {"forward": "tollgate-forward.toml", "routing": "tollgate-routing.toml",
                         "sse": "tollgate-forward.toml", "failover": "tollgate-failover.toml",
                         "idle": "tollgate-forward.toml"}
@@ -305,6 +311,8 @@ class Tollgate(System):
         addr = f"127.0.0.1:{free_port()}"
         cfg = render(self.configs[kind], env.workdir, f"{self.name}-{kind}.toml", LISTEN=addr,
                      WORKERS=env.workers, DRIVER=self.driver, **upstreams)
+        with open(cfg, "a") as f:
+            f.write(f'\n[ebpf]\nenabled = "{self.ebpf}"\n')
         p = Proc(self.name, [env.tollgate, "serve", "--config", cfg], env.workdir)
         wait_until(lambda: http(addr, "GET", "/healthz")[0] == 200, 30, p)
         return p, addr
@@ -383,7 +391,9 @@ class LiteLLM(System):
     configs = {"forward": "litellm-forward.yaml", "routing": "litellm-routing.yaml",
                "sse": "litellm-forward.yaml", "failover": "litellm-failover.yaml"}
     not_run = {"3-sse1000": "not run: ~150 ms CPU per 50-event stream here, so 1,000-event "
-                            "streams at 64 connections would time out"}
+                            "streams at 64 connections would time out",
+               "3-sse50-paced": "not run: ~150 ms CPU per 50-event stream here, so 256 "
+                                "streams at once would only measure its queue"}
 
     def available(self, env):
         return None if os.access(os.path.join(env.venv, "litellm"), os.X_OK) else \
@@ -416,8 +426,8 @@ def port_open(addr):
         return False
 
 
-ALL_SYSTEMS = [Direct(), Tollgate("io_uring"), Tollgate("legacy"), Floor(), Nginx(False), Nginx(True),
-               Envoy(), LiteLLM()]
+ALL_SYSTEMS = [Direct(), Tollgate("io_uring"), Tollgate("legacy"), Tollgate("io_uring", "off"),
+               Floor(), Nginx(False), Nginx(True), Envoy(), LiteLLM()]
 
 
 # --- one measured run ---------------------------------------------------------
@@ -467,13 +477,23 @@ def measured(env, proc, addr, **kw):
 
 # --- scenarios ----------------------------------------------------------------
 
+# Scenario 3 at model speed: events 10 ms apart (a fast model's pace), so
+# every event is its own upstream read and client write, as in production;
+# many streams at once, since each one is mostly waiting.
+PACED_GAP_MS = 10
+PACED_CONNS = 256
+
+
 def scenario_cells(args):
-    """(scenario id, kind, body, expected events, concurrency)."""
+    """(scenario id, kind, body, expected events, {"conns", "headers"} overrides)."""
+    paced = {"conns": PACED_CONNS, "headers": (f"x-mock-chunk-delay-ms: {PACED_GAP_MS}",)}
     s = {
-        "forward": [("1-forward", "forward", chat_body("gpt-4o-mini", False, 65), None)],
-        "routing": [("2-routing", "routing", chat_body("claude-3", False, 65), None)],
-        "sse": [("3-sse50", "sse", chat_body("gpt-4o-mini", True, 47, 300), 50),
-                ("3-sse1000", "sse", chat_body("gpt-4o-mini", True, 997, 300), 1000)],
+        "forward": [("1-forward", "forward", chat_body("gpt-4o-mini", False, 65), None, {})],
+        "routing": [("2-routing", "routing", chat_body("claude-3", False, 65), None,
+                     {"headers": ROUTING_HEADERS})],
+        "sse": [("3-sse50", "sse", chat_body("gpt-4o-mini", True, 47, 300), 50, {}),
+                ("3-sse1000", "sse", chat_body("gpt-4o-mini", True, 997, 300), 1000, {}),
+                ("3-sse50-paced", "sse", chat_body("gpt-4o-mini", True, 47, 300), 50, paced)],
     }
     if args.smoke:
         # Debug builds on a busy CI machine: the long stream adds nothing there.
@@ -481,12 +501,15 @@ def scenario_cells(args):
     return s
 
 
-def run_closed(env, systems, sid, kind, body, expect, report):
-    """Scenario 1-3: closed loop at fixed concurrency, interleaved reps."""
+def run_closed(env, systems, sid, kind, body, expect, over, report):
+    """Scenario 1-3: closed loop at fixed concurrency, interleaved reps.
+    `over`: this cell's connections and request headers, when not the defaults."""
     args = env.args
+    conns = over.get("conns", args.concurrency)
+    headers = over.get("headers", ())
     mock = env.mock("mock")
     started = {}
-    cell = {"scenario": sid, "kind": kind, "concurrency": args.concurrency,
+    cell = {"scenario": sid, "kind": kind, "concurrency": conns, "headers": list(headers),
             "duration_s": args.duration, "reps": args.reps, "request_bytes": len(body),
             "expect_events": expect, "systems": {}}
     try:
@@ -509,15 +532,13 @@ def run_closed(env, systems, sid, kind, body, expect, report):
             started[sys_.name] = (sys_, proc, addr)
             # Warm-up: pools, caches, JIT (LiteLLM), not recorded.
             try:
-                loadgen(env, addr, body, min(args.concurrency, 16), 1.0, expect=expect,
-                        headers=ROUTING_HEADERS if kind == "routing" else ())
+                loadgen(env, addr, body, min(conns, 16), 1.0, expect=expect, headers=headers)
             except Exception as e:
                 log(f"[{sid}] {sys_.name} warm-up: {e}")
         for rep in range(args.reps):
             for name, (sys_, proc, addr) in started.items():
-                r = measured(env, proc, addr, body=body, conns=args.concurrency,
-                             seconds=args.duration, expect=expect,
-                             headers=ROUTING_HEADERS if kind == "routing" else (),
+                r = measured(env, proc, addr, body=body, conns=conns,
+                             seconds=args.duration, expect=expect, headers=headers,
                              timeout=30.0 if name == "litellm" else 10.0)
                 cell["systems"][name]["runs"].append(r)
                 log(f"[{sid}] rep {rep + 1} {name:16} {r['rps']:10.0f} req/s  "
@@ -765,7 +786,11 @@ def markdown(report, meta):
             out.append(f"Closed loop, {cell['concurrency']} connections, {cell['duration_s']} s × "
                        f"{cell['reps']} runs, request {cell['request_bytes']} B"
                        + (f", {cell['expect_events']} SSE events checked per answer"
-                          if cell.get("expect_events") else "") + ". Median (min–max).")
+                          if cell.get("expect_events") else "")
+                       + (f", the mock sending them {PACED_GAP_MS} ms apart (every event its own "
+                          "read and write; p50 and p99 are whole streams, so the pace sets them)"
+                          if cell["scenario"].endswith("-paced") else "")
+                       + ". Median (min–max).")
             out.append("")
             out.append(f"| system | req/s | × {ref} | p50 ms | p99 ms | p99.9 ms | TTFB p99 ms | "
                        f"SUT CPU µs/req | × {ref} | machine CPU µs/req | peak RSS MB | errors |")
@@ -913,8 +938,8 @@ def main():
     cells = scenario_cells(args)
     for sc in scenarios:
         if sc in cells:
-            for sid, kind, body, expect in cells[sc]:
-                run_closed(env, systems, sid, kind, body, expect, report)
+            for sid, kind, body, expect, over in cells[sc]:
+                run_closed(env, systems, sid, kind, body, expect, over, report)
         elif sc == "failover":
             run_failover(env, systems, report)
         elif sc == "idle":

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
 
 COLORS = {"direct": "#888888", "tollgate": "#d62728", "tollgate-legacy": "#ff9896",
+          "tollgate-noebpf": "#e377c2",
           "nginx": "#1f77b4", "nginx-lua": "#17becf", "envoy": "#2ca02c", "litellm": "#9467bd",
           "floor": "#000000"}
 
@@ -111,7 +112,7 @@ def main():
     outdir = sys.argv[1] if len(sys.argv) > 1 else "benches/results"
     TAG = sys.argv[2] if len(sys.argv) > 2 else ""
     throughput(outdir)
-    for s in ("1-forward", "2-routing", "3-sse50", "3-sse1000"):
+    for s in ("1-forward", "2-routing", "3-sse50", "3-sse1000", "3-sse50-paced"):
         cdf(outdir, s)
 
 
