@@ -207,7 +207,7 @@ impl Accountant {
         // `out[at..]` starts at absolute payload offset `base` (the first
         // byte not sent yet); the read's own bytes start where the
         // scanner is.
-        let new_from = at + (scanner.offset() - *base) as usize;
+        let new_from = (at + scanner.offset().saturating_sub(*base) as usize).min(out.len());
         // Dropped spans and added events, in stream order (usually none:
         // the usage chunk comes once, at the end).
         let mut edits: Vec<(u64, u64, Vec<u8>)> = Vec::new();
@@ -229,8 +229,10 @@ impl Accountant {
             // instead of waiting for the next event.
             *done_to = scanner.offset();
         }
-        let from = *base;
-        let idx = |abs: u64| at + (abs - from) as usize;
+        // Every offset below is at or after `base` and within what was
+        // fed; clamped anyway, so a broken invariant cannot panic.
+        let (from, len) = (*base, out.len());
+        let idx = |abs: u64| (at + abs.saturating_sub(from) as usize).min(len);
         let sent_to = idx(*done_to);
         // An event larger than any real one (or a body that is not SSE):
         // stop holding bytes back and pass the rest through as it is (a
@@ -243,7 +245,8 @@ impl Accountant {
         }
         // From the back, so the offsets of earlier edits stay valid.
         for (start, end, add) in edits.into_iter().rev() {
-            drop(out.splice(idx(start)..idx(end), add));
+            let end = idx(end).min(out.len());
+            drop(out.splice(idx(start).min(end)..end, add));
         }
         if give_up {
             self.rewrite = None;

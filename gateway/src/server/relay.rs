@@ -176,7 +176,7 @@ pub async fn relay(
                 let e = Error::msg(
                     Kind::UpstreamProtocol,
                     format!(
-                        "upstream `{}` closed an idle connection moments after its last answer",
+                        "upstream `{}` went away (a connection to it closed moments after its last answer)",
                         cfg.name
                     ),
                 );
