@@ -527,6 +527,22 @@ mod tests {
         assert_eq!(a.tally().completion, (1, Source::Estimated));
     }
 
+    /// Feeds `bytes` in reads that end at `cuts` (any values: taken
+    /// modulo the length, sorted), then ends the body; returns what the
+    /// client got.
+    fn feed_at(a: &mut Accountant, bytes: &[u8], cuts: Vec<usize>) -> Vec<u8> {
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for c in cuts.into_iter().chain([bytes.len()]) {
+            a.payload(&bytes[from..c.max(from)], Some(&mut out));
+            from = c.max(from);
+        }
+        a.end(Some(&mut out));
+        out
+    }
+
     proptest::proptest! {
         /// Wherever the reads split the stream, the client gets the same
         /// bytes: every event but the usage chunk, whole and in order,
@@ -543,17 +559,8 @@ mod tests {
             let kept = stream.clone() + "data: [DONE]\n\n";
             stream += USAGE;
             stream += "data: [DONE]\n\n";
-            let bytes = stream.as_bytes();
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
-            cuts.sort_unstable();
             let mut a = rewriting(true, false);
-            let mut out = Vec::new();
-            let mut from = 0;
-            for c in cuts.into_iter().chain([bytes.len()]) {
-                a.payload(&bytes[from..c.max(from)], Some(&mut out));
-                from = c.max(from);
-            }
-            a.end(Some(&mut out));
+            let out = feed_at(&mut a, stream.as_bytes(), cuts);
             proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), kept);
             proptest::prop_assert_eq!(a.tally().completion, (1, Source::Provider));
         }
@@ -572,18 +579,8 @@ mod tests {
             }
             let before = stream.clone();
             stream += "data: [DONE]\n\n";
-            let bytes = stream.as_bytes();
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
-            cuts.sort_unstable();
             let mut a = rewriting(false, true);
-            let mut out = Vec::new();
-            let mut from = 0;
-            for c in cuts.into_iter().chain([bytes.len()]) {
-                a.payload(&bytes[from..c.max(from)], Some(&mut out));
-                from = c.max(from);
-            }
-            a.end(Some(&mut out));
-            let out = String::from_utf8(out).unwrap();
+            let out = String::from_utf8(feed_at(&mut a, stream.as_bytes(), cuts)).unwrap();
             let added = out
                 .strip_prefix(before.as_str())
                 .and_then(|rest| rest.strip_suffix("data: [DONE]\n\n"));
