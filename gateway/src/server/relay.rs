@@ -176,7 +176,7 @@ pub async fn relay(
                 let e = Error::msg(
                     Kind::UpstreamProtocol,
                     format!(
-                        "upstream `{}` went away (a connection to it closed moments after its last answer)",
+                        "upstream `{}` closed an idle connection moments after its last answer",
                         cfg.name
                     ),
                 );
@@ -238,7 +238,7 @@ pub async fn relay(
             Some(idle) if idle >= STALE_MIN_IDLE => stale += 1,
             // Used moments ago: the process behind it is gone.
             Some(_) => {
-                w.pool.borrow_mut().purge(p.upstream, STALE_MIN_IDLE);
+                w.pool.borrow_mut().purge(p.upstream);
                 match gone(early, started, decide) {
                     Some(f) => return Err(f),
                     None => fresh_only = true,

@@ -28,9 +28,7 @@ pub enum Take {
     Empty,
     /// The kernel saw the upstream close an idle connection moments
     /// after its last answer: the process behind it is gone (a crash, a
-    /// restart). Every idle connection to it was dropped. Also the answer
-    /// for a while after that ([`Pool::purge`]'s `hold`), until one of its
-    /// connections completes a response again.
+    /// restart). Every idle connection to it was dropped.
     Gone,
 }
 
@@ -38,8 +36,6 @@ pub enum Take {
 #[derive(Default)]
 pub struct Pool {
     idle: Vec<Vec<Idle>>,
-    /// Per upstream: until when (`coarse_mono_ms`) it counts as gone.
-    gone_until: Vec<u64>,
 }
 
 impl Pool {
@@ -47,59 +43,41 @@ impl Pool {
     /// a connection the kernel saw the upstream close within this time of
     /// its last use means the upstream went away (see [`Take::Gone`]).
     pub fn take(&mut self, up: UpstreamId, idle_timeout: Duration, recent: Duration) -> Take {
+        let Some(stack) = self.idle.get_mut(up as usize) else {
+            return Take::Empty;
+        };
         let now = crate::sys::coarse_mono_ms();
-        if let Some(stack) = self.idle.get_mut(up as usize) {
-            expire(stack, now, idle_timeout);
-            // Connections the kernel saw reset while idle are dropped here,
-            // before a request is written to them (eBPF; a no-op without).
-            while let Some(i) = stack.pop() {
-                let idle = Duration::from_millis(now.saturating_sub(i.since_ms));
-                if !cookies::take(i.conn.cookie()) {
-                    return Take::Idle(i.conn, idle);
-                }
-                if idle < recent {
-                    self.purge(up, recent);
-                    return Take::Gone;
-                }
+        expire(stack, now, idle_timeout);
+        // Connections the kernel saw reset while idle are dropped here,
+        // before a request is written to them (eBPF; a no-op without).
+        while let Some(i) = stack.pop() {
+            let idle = Duration::from_millis(now.saturating_sub(i.since_ms));
+            if !cookies::take(i.conn.cookie()) {
+                return Take::Idle(i.conn, idle);
+            }
+            if idle < recent {
+                self.purge(up);
+                return Take::Gone;
             }
         }
-        if self.gone_until.get(up as usize).is_some_and(|&t| now < t) {
-            Take::Gone
-        } else {
-            Take::Empty
-        }
+        Take::Empty
     }
 
     /// Drops every idle connection to `up`: one of them died right after
     /// use, so the process they were opened to is gone (a crash or a
     /// restart) and the rest would only fail the next requests one by one.
-    /// For `hold` (or until a connection to it completes a response)
-    /// [`take`](Self::take) keeps answering [`Take::Gone`] when it has no
-    /// connection: requests that were in flight when it died would
-    /// otherwise open new connections to it, which the dying process's
-    /// listener still accepts and holds until the kernel has torn it down
-    /// (milliseconds; far longer for a model server with gigabytes mapped).
-    pub fn purge(&mut self, up: UpstreamId, hold: Duration) {
+    pub fn purge(&mut self, up: UpstreamId) {
         if let Some(stack) = self.idle.get_mut(up as usize) {
             forget(stack.drain(..));
         }
-        let idx = up as usize;
-        if self.gone_until.len() <= idx {
-            self.gone_until.resize(idx + 1, 0);
-        }
-        self.gone_until[idx] = crate::sys::coarse_mono_ms() + hold.as_millis() as u64;
     }
 
     /// Returns a connection whose last response completed cleanly.
     pub fn put(&mut self, up: UpstreamId, conn: UpConn, max_idle: usize) {
-        let idx = up as usize;
-        // It answered: whatever went away is back.
-        if let Some(t) = self.gone_until.get_mut(idx) {
-            *t = 0;
-        }
         if max_idle == 0 {
             return;
         }
+        let idx = up as usize;
         if self.idle.len() <= idx {
             self.idle.resize_with(idx + 1, Vec::new);
         }
