@@ -31,6 +31,11 @@ use crate::usage::Source;
 const MAX_EVENT: usize = 1024 * 1024;
 /// Non-streaming body kept to read `usage`.
 const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Held bytes of an unfinished event put back in front of the next read's
+/// payload: a partial event of a usual size. A larger one (a big tool
+/// call in one event) stays aside until it completes, so a 1 MiB event in
+/// small reads is not copied back and forth at every read.
+const INLINE_PENDING: usize = 16 * 1024;
 
 /// How the stream is changed on its way to the client.
 struct Rewrite {
@@ -41,6 +46,8 @@ struct Rewrite {
     /// Payload not yet forwarded, starting at absolute offset `base`.
     pending: Vec<u8>,
     base: u64,
+    /// `open_payload` put `pending` in the client buffer.
+    pending_in_out: bool,
     /// Absolute offset up to which bytes were forwarded or dropped.
     done_to: u64,
 }
@@ -140,6 +147,7 @@ impl Accountant {
                     add_usage,
                     pending: Vec::new(),
                     base: 0,
+                    pending_in_out: false,
                     done_to: 0,
                 });
             }
@@ -166,14 +174,17 @@ impl Accountant {
     /// appends the read's payload (chunk framing removed) to `out` after
     /// this call, then calls [`close_payload`](Self::close_payload) with
     /// the returned start. In rewrite mode the held bytes of an unfinished
-    /// event are put in `out` first, so the events are one contiguous run
-    /// there: scanned in one pass, dropped or added to in place, copied
-    /// once.
+    /// event are put in `out` first (up to [`INLINE_PENDING`]), so the
+    /// events are one contiguous run there: scanned in one pass, dropped
+    /// or added to in place, copied once.
     pub fn open_payload(&mut self, out: &mut Vec<u8>) -> usize {
         let at = out.len();
         if let Some(rw) = self.rewrite.as_mut() {
-            out.extend_from_slice(&rw.pending);
-            rw.pending.clear();
+            rw.pending_in_out = rw.pending.len() <= INLINE_PENDING;
+            if rw.pending_in_out {
+                out.extend_from_slice(&rw.pending);
+                rw.pending.clear();
+            }
         }
         at
     }
@@ -200,14 +211,19 @@ impl Accountant {
         let Rewrite {
             strip_usage,
             add_usage,
+            pending,
             base,
+            pending_in_out,
             done_to,
-            ..
         } = rw;
-        // `out[at..]` starts at absolute payload offset `base` (the first
-        // byte not sent yet); the read's own bytes start where the
-        // scanner is.
-        let new_from = (at + scanner.offset().saturating_sub(*base) as usize).min(out.len());
+        // With the held bytes in `out`, `out[at..]` starts at absolute
+        // payload offset `base` (the first byte not sent yet) and the
+        // read's own bytes where the scanner is; without, at the read.
+        let new_from = if *pending_in_out {
+            (at + scanner.offset().saturating_sub(*base) as usize).min(out.len())
+        } else {
+            at
+        };
         // Dropped spans and added events, in stream order (usually none:
         // the usage chunk comes once, at the end).
         let mut edits: Vec<(u64, u64, Vec<u8>)> = Vec::new();
@@ -229,6 +245,16 @@ impl Accountant {
             // instead of waiting for the next event.
             *done_to = scanner.offset();
         }
+        if !*pending_in_out {
+            if *done_to == *base && pending.len() + (out.len() - at) <= MAX_EVENT {
+                // The large event goes on: its new bytes join it aside.
+                pending.extend_from_slice(&out[at..]);
+                out.truncate(at);
+                return;
+            }
+            // It ended (or outgrew the bound): once in front of the read.
+            drop(out.splice(at..at, pending.drain(..)));
+        }
         // Every offset below is at or after `base` and within what was
         // fed; clamped anyway, so a broken invariant cannot panic.
         let (from, len) = (*base, out.len());
@@ -239,7 +265,7 @@ impl Accountant {
         // usage chunk may then reach a client that did not ask for it).
         let give_up = out.len() - sent_to > MAX_EVENT;
         if !give_up {
-            rw.pending.extend_from_slice(&out[sent_to..]);
+            pending.extend_from_slice(&out[sent_to..]);
             out.truncate(sent_to);
             *base = *done_to;
         }
@@ -541,6 +567,41 @@ mod tests {
         }
         a.end(Some(&mut out));
         out
+    }
+
+    #[test]
+    fn a_large_event_over_many_reads_goes_out_whole_once_complete() {
+        // A 200 KB event (a big tool call sent at once) in 1 KB reads:
+        // held aside, not copied back and forth at every read.
+        let big = format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+            "x".repeat(200_000)
+        );
+        let stream = format!("{CHUNK}{big}{CHUNK}{USAGE}data: [DONE]\n\n");
+        let mut a = rewriting(true, false);
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        for (i, read) in stream.as_bytes().chunks(1000).enumerate() {
+            out.clear();
+            a.payload(read, Some(&mut out));
+            // Nothing of the large event goes out before its end.
+            let upto = stream.len().min((i + 1) * 1000);
+            if upto < CHUNK.len() + big.len() {
+                assert!(sent.len() + out.len() <= CHUNK.len(), "read {i}");
+            }
+            sent.extend_from_slice(&out);
+        }
+        out.clear();
+        a.end(Some(&mut out));
+        sent.extend_from_slice(&out);
+        let want = format!("{CHUNK}{big}{CHUNK}data: [DONE]\n\n");
+        assert!(
+            sent == want.as_bytes(),
+            "{} bytes, want {}",
+            sent.len(),
+            want.len()
+        );
+        assert_eq!(a.tally().completion, (1, Source::Provider));
     }
 
     proptest::proptest! {
