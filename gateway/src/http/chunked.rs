@@ -130,12 +130,10 @@ impl ChunkedDecoder {
                     continue;
                 }
                 State::Size { digits } => {
-                    let v = match b {
-                        b'0'..=b'9' => b - b'0',
-                        b'a'..=b'f' => b - b'a' + 10,
-                        b'A'..=b'F' => b - b'A' + 10,
-                        _ if digits == 0 => return Err(ChunkError("missing chunk size")),
-                        _ => {
+                    let v = match hex_digit(b) {
+                        Some(v) => v,
+                        None if digits == 0 => return Err(ChunkError("missing chunk size")),
+                        None => {
                             self.state = State::SizeTail;
                             continue;
                         }
@@ -234,18 +232,26 @@ fn size_line(input: &[u8]) -> Option<(u64, usize)> {
     let mut size = 0u64;
     // At most 15 digits here, so the size cannot overflow.
     for (k, &b) in input.iter().take(16).enumerate() {
-        let v = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            b'\r' if k > 0 => {
+        let v = match hex_digit(b) {
+            Some(v) => v,
+            None if b == b'\r' && k > 0 => {
                 return (input.get(k + 1) == Some(&b'\n')).then_some((size, k + 2));
             }
-            _ => return None,
+            None => return None,
         };
         size = (size << 4) | u64::from(v);
     }
     None
+}
+
+/// The value of a hex digit.
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 /// Appends `data` as one chunk (no-op for empty data, which would end
