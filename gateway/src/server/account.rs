@@ -46,8 +46,6 @@ struct Rewrite {
     /// Payload not yet forwarded, starting at absolute offset `base`.
     pending: Vec<u8>,
     base: u64,
-    /// `open_payload` put `pending` in the client buffer.
-    pending_in_out: bool,
     /// Absolute offset up to which bytes were forwarded or dropped.
     done_to: u64,
 }
@@ -147,7 +145,6 @@ impl Accountant {
                     add_usage,
                     pending: Vec::new(),
                     base: 0,
-                    pending_in_out: false,
                     done_to: 0,
                 });
             }
@@ -179,12 +176,13 @@ impl Accountant {
     /// or added to in place, copied once.
     pub fn open_payload(&mut self, out: &mut Vec<u8>) -> usize {
         let at = out.len();
-        if let Some(rw) = self.rewrite.as_mut() {
-            rw.pending_in_out = rw.pending.len() <= INLINE_PENDING;
-            if rw.pending_in_out {
-                out.extend_from_slice(&rw.pending);
-                rw.pending.clear();
-            }
+        if let Some(rw) = self
+            .rewrite
+            .as_mut()
+            .filter(|rw| rw.pending.len() <= INLINE_PENDING)
+        {
+            out.extend_from_slice(&rw.pending);
+            rw.pending.clear();
         }
         at
     }
@@ -213,13 +211,15 @@ impl Accountant {
             add_usage,
             pending,
             base,
-            pending_in_out,
             done_to,
         } = rw;
+        // Held bytes left aside by `open_payload` (a large event) are
+        // still in `pending`; otherwise they are in `out`.
+        let in_out = pending.is_empty();
         // With the held bytes in `out`, `out[at..]` starts at absolute
         // payload offset `base` (the first byte not sent yet) and the
         // read's own bytes where the scanner is; without, at the read.
-        let new_from = if *pending_in_out {
+        let new_from = if in_out {
             (at + scanner.offset().saturating_sub(*base) as usize).min(out.len())
         } else {
             at
@@ -245,7 +245,7 @@ impl Accountant {
             // instead of waiting for the next event.
             *done_to = scanner.offset();
         }
-        if !*pending_in_out {
+        if !in_out {
             if *done_to == *base && pending.len() + (out.len() - at) <= MAX_EVENT {
                 // The large event goes on: its new bytes join it aside.
                 pending.extend_from_slice(&out[at..]);
