@@ -319,6 +319,57 @@ fn an_idle_pooled_connection_closed_by_the_upstream_is_evicted_before_use() {
     idle_connection_ended(FIN);
 }
 
+/// Another process on this host streams from the upstream and hangs up
+/// mid-stream with its socket still open (as a proxy cancelling a stream
+/// does): the upstream's next event makes this host's kernel abort the
+/// connection, which it reports as a reset on the upstream's address. That
+/// is not the upstream failing, and must not open its breaker.
+#[test]
+fn a_reset_after_this_host_hung_up_does_not_open_the_breaker() {
+    let m = mock(&[]);
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = format!(
+        "[server]\nlisten = \"{{listen}}\"\nadmin_listen = \"{admin}\"\nworkers = 1\n\
+         [log]\naccess = false\n[ebpf]\nenabled = \"on\"\n{}\
+         [[models]]\nname = \"m\"\ntargets = [{{ upstream = \"mock\" }}]\n\
+         breaker = {{ max_failures = 1 }}\n",
+        upstream("mock", m.addr)
+    );
+    let g = gateway(&cfg, &[]);
+    let ask = || request(g.addr, &chat(r#"{"model":"m","max_tokens":1}"#));
+    assert_eq!(ask().status, 200);
+    let mut s = TcpStream::connect(m.addr).unwrap();
+    let body = r#"{"model":"m","max_tokens":50,"stream":true}"#;
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: up\r\ncontent-type: application/json\r\n\
+         x-mock-chunk-delay-ms: 20\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 4096];
+    assert!(s.read(&mut first).unwrap() > 0);
+    s.shutdown(std::net::Shutdown::Both).unwrap();
+    // The mock's next event (20 ms later) meets the hung-up socket.
+    let reset = eventually(
+        Duration::from_secs(3),
+        || matches!(s.take_error(), Ok(Some(e)) if e.raw_os_error() == Some(libc::ECONNRESET)),
+    );
+    assert!(reset, "the kernel never aborted the hung-up connection");
+    let series = "tollgate_upstream_tcp_events_total{upstream=\"mock\",kind=\"reset\"}";
+    assert!(
+        eventually(Duration::from_secs(3), || sample(admin, series) >= 1.0),
+        "the gateway never saw the reset"
+    );
+    assert_eq!(breaker_states(admin), vec![("m".into(), "closed".into())]);
+    let r = ask();
+    assert_eq!(
+        (r.status, r.header("x-tollgate-attempts")),
+        (200, Some("1"))
+    );
+    drop(s);
+}
+
 #[test]
 fn the_srtt_histogram_has_samples_and_the_cgroup_is_removed_at_exit() {
     let m = mock(&[]);

@@ -11,7 +11,8 @@
 //!   same error also records it for its own target: the two are not
 //!   matched up, so that target counts it twice. The kernel's view is
 //!   per host: another process's refused connect to the same address
-//!   counts too. An RST answering a write to a socket the upstream had
+//!   counts too. A reset after this host hung up first (a stream whose
+//!   client left) is the local kernel's abort, not a failure (`resets`). An RST answering a write to a socket the upstream had
 //!   already closed is EPIPE in the kernel, not a reset: not counted (the
 //!   relay's stale-connection retry covers it).
 //! - an RST on an idle pooled connection, or a FIN from the upstream on
@@ -32,6 +33,7 @@
 
 pub mod cookies;
 mod metrics;
+mod resets;
 mod signals;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -3,7 +3,6 @@
 //! pool evictions and slow marks, and refreshes the upstream filter and
 //! the srtt snapshot.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tollgate_loader::{Event, Kind, Options, Telemetry};
 
+use super::resets::{Resets, Verdict};
 use super::{Health, cookies};
 use crate::config::{Config, EbpfMode};
 use crate::failover::shared::BreakerSync;
@@ -23,8 +23,6 @@ const POLL: Duration = Duration::from_millis(200);
 const FILTER_REFRESH: Duration = Duration::from_secs(2);
 /// How often srtt histograms and drop counts are read from the maps.
 const MAPS_REFRESH: Duration = Duration::from_secs(1);
-/// Recent idle resets remembered to tell them from failures.
-const IDLE_RESETS: usize = 256;
 
 /// The running thread; [`Running::stop`] detaches the programs and
 /// removes the cgroup the loader created.
@@ -49,7 +47,7 @@ struct Ctx {
     health: Arc<Health>,
     /// (route, target) pairs per upstream id.
     targets: Vec<Vec<(usize, usize)>>,
-    idle_resets: VecDeque<(u32, u16)>,
+    resets: Resets,
 }
 
 /// Loads the programs per `[ebpf]` and starts the thread. `Ok(None)` when
@@ -174,7 +172,7 @@ impl Ctx {
             sync,
             health,
             targets,
-            idle_resets: VecDeque::with_capacity(IDLE_RESETS),
+            resets: Resets::default(),
         }
     }
 
@@ -207,12 +205,11 @@ impl Ctx {
             }
             Kind::Reset => {
                 count(1);
-                let key = (e.upstream, e.sport);
-                if let Some(i) = self.idle_resets.iter().position(|k| *k == key) {
-                    // An idle pooled connection: evicted, not a failure.
-                    self.idle_resets.remove(i);
-                } else {
-                    self.fail_upstream(up, e);
+                match self.resets.reset((e.upstream, e.sport)) {
+                    Verdict::Failure => self.fail_upstream(up, e),
+                    // An idle pooled connection (evicted), or this host
+                    // hung up first: not the upstream's failure.
+                    Verdict::Idle | Verdict::HungUp => {}
                 }
             }
             Kind::TimedOut => {
@@ -232,10 +229,7 @@ impl Ctx {
             Kind::RstReceived => {
                 // Comes before the socket error of the same RST.
                 if cookies::mark_dead(e.cookie, cookies::Death::Rst) {
-                    if self.idle_resets.len() == IDLE_RESETS {
-                        self.idle_resets.pop_front();
-                    }
-                    self.idle_resets.push_back((e.upstream, e.sport));
+                    self.resets.idle_rst((e.upstream, e.sport));
                 }
             }
             Kind::RstSent => {
@@ -244,7 +238,11 @@ impl Ctx {
             Kind::PeerClosed => {
                 cookies::mark_dead(e.cookie, cookies::Death::Fin);
             }
-            Kind::State | Kind::Closed | Kind::OtherError => {}
+            Kind::State => {
+                let new = u16::try_from(e.value).unwrap_or(u16::MAX);
+                self.resets.state((e.upstream, e.sport), e.old_state, new);
+            }
+            Kind::Closed | Kind::OtherError => {}
         }
     }
 
