@@ -15,6 +15,14 @@
 #     defer:: coop::'io_uring_task_run="coop"' interrupt::'io_uring_task_run="interrupt"'
 #
 # WRK_TOKENS=1000 makes each answer 1,000 tokens (SSE: 1,000 events).
+# WRK_CONNS sets wrk's connections (64); WRK_HEADER adds one request
+# header, e.g. WRK_HEADER="x-mock-chunk-delay-ms: 10" paces the mock's
+# events 10 ms apart (model speed; give -d several seconds).
+# PROBES adds the raw io_uring probe (benches/src/bin/uring_probe.rs) with
+# io_uring features on, as space-separated NAME:FLAGS (FLAGS ,-separated):
+#
+#   PROBES="uring: uring-ms:--multishot uring-msfx:--multishot,--fixed" \
+#     benches/load/variants.sh 3 5s "json sse" -- cur::
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ $# -ge 5 ] && [ "$4" = "--" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
@@ -23,6 +31,8 @@ bin=target/release/tollgate
 [ -x "$bin" ] || cargo build --release -p tollgate --bin tollgate
 floor=target/release/floor
 [ -x "$floor" ] || cargo build --release -p tollgate-benches --bin floor
+probe=target/release/uring-probe
+[ -z "${PROBES:-}" ] || [ -x "$probe" ] || cargo build --release -p tollgate-benches --bin uring-probe
 command -v wrk >/dev/null && command -v nginx >/dev/null || {
   echo "needs wrk and nginx: apt-get install -y wrk nginx-light" >&2; exit 1; }
 dir=$(mktemp -d /tmp/tollgate-variants.XXXX)
@@ -62,6 +72,13 @@ nginx -p "$dir" -c "$dir/nginx.conf"
 # The featureless proxy on tollgate's runtime (benches/src/bin/floor.rs).
 $floor 127.0.0.1:19298 $MOCK 2>"$dir/floor.log" & pids+=($!)
 names+=(floor); addrs+=(127.0.0.1:19298); sut+=("$!")
+pport=19280
+for v in ${PROBES:-}; do
+  IFS=: read -r name flags <<< "$v"; pport=$((pport + 1))
+  # shellcheck disable=SC2086
+  $probe 127.0.0.1:$pport $MOCK ${flags//,/ } 2>"$dir/$name.log" & pids+=($!)
+  names+=("$name"); addrs+=(127.0.0.1:$pport); sut+=("$!")
+done
 for a in $MOCK "${addrs[@]}" 127.0.0.1:19299; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://$a/v1/models" && break; sleep 0.05; done
 done
@@ -79,7 +96,8 @@ for _ in $(seq "$reps"); do
     for i in "${!names[@]}"; do
       # shellcheck disable=SC2086
       before=$(cpu_ticks ${sut[$i]})
-      out=$(WRK_STREAM=$stream wrk -t2 -c64 -d"$dur" --timeout 10s --latency \
+      out=$(WRK_STREAM=$stream wrk -t2 -c"${WRK_CONNS:-64}" -d"$dur" --timeout 10s --latency \
+            ${WRK_HEADER:+-H "$WRK_HEADER"} \
             -s benches/load/chat.lua "http://${addrs[$i]}/v1/chat/completions")
       # shellcheck disable=SC2086
       after=$(cpu_ticks ${sut[$i]})

@@ -2,3 +2,4 @@
 //! the load generator the side-by-side harness (`benches/run.sh`) drives.
 
 pub mod loadgen;
+pub mod probe;

@@ -29,11 +29,10 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use tollgate::config::{DriverChoice, TaskRun};
-use tollgate::http::chunked::ChunkedDecoder;
 use tollgate::server::{bind, run_on_runtime};
+use tollgate_benches::probe::{RequestHead, parse_response, rewrite_request};
 
 const BUF: usize = 16 * 1024;
-const MAX_HEADERS: usize = 32;
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -120,10 +119,6 @@ async fn serve(pool: Rc<Pool>, mut client: TcpStream) {
 
 type Bufs = (Vec<u8>, Vec<u8>, Vec<u8>);
 
-fn invalid(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
-}
-
 /// Reads more bytes after `buf`'s end; an error at EOF.
 async fn read_more<S: AsyncReadRent>(s: &mut S, mut buf: Vec<u8>) -> io::Result<Vec<u8>> {
     if buf.capacity() - buf.len() < 1024 {
@@ -146,38 +141,9 @@ async fn exchange(
     mut ubuf: Vec<u8>,
 ) -> io::Result<Bufs> {
     // Head.
-    let (head_len, body_len) = loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Request::new(&mut headers);
-        if let httparse::Status::Complete(n) = r.parse(&cbuf).map_err(|_| invalid("bad head"))? {
-            req.clear();
-            req.extend_from_slice(r.method.unwrap_or("POST").as_bytes());
-            req.push(b' ');
-            req.extend_from_slice(r.path.unwrap_or("/").as_bytes());
-            req.extend_from_slice(b" HTTP/1.1\r\n");
-            req.extend_from_slice(&pool.host);
-            let mut body = 0usize;
-            for h in r.headers.iter() {
-                let name = h.name.as_bytes();
-                if name.eq_ignore_ascii_case(b"content-length") {
-                    body = std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|v| v.trim().parse().ok())
-                        .ok_or(invalid("bad content-length"))?;
-                } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                    return Err(invalid("chunked request bodies are not supported"));
-                } else if !(name.eq_ignore_ascii_case(b"host")
-                    || name.eq_ignore_ascii_case(b"connection")
-                    || name.eq_ignore_ascii_case(b"keep-alive"))
-                {
-                    req.extend_from_slice(name);
-                    req.extend_from_slice(b": ");
-                    req.extend_from_slice(h.value);
-                    req.extend_from_slice(b"\r\n");
-                }
-            }
-            req.extend_from_slice(format!("Content-Length: {body}\r\n\r\n").as_bytes());
-            break (n, body);
+    let RequestHead { head_len, body_len } = loop {
+        if let Some(head) = rewrite_request(&cbuf, &pool.host, &mut req)? {
+            break head;
         }
         cbuf = read_more(client, cbuf).await?;
     };
@@ -211,37 +177,14 @@ async fn exchange(
         }
     };
     // Response head, then its body as it comes.
-    let (mut framing, keep) = loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Response::new(&mut headers);
-        if let httparse::Status::Complete(n) =
-            r.parse(&ubuf).map_err(|_| invalid("bad response"))?
-        {
-            let mut framing = Framing::Close;
-            let mut keep = true;
-            for h in r.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    let len: usize = std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|v| v.trim().parse().ok())
-                        .ok_or(invalid("bad content-length"))?;
-                    framing = Framing::Length(len);
-                } else if h.name.eq_ignore_ascii_case("transfer-encoding")
-                    && h.value.eq_ignore_ascii_case(b"chunked")
-                {
-                    framing = Framing::Chunked(ChunkedDecoder::new());
-                } else if h.name.eq_ignore_ascii_case("connection")
-                    && h.value.eq_ignore_ascii_case(b"close")
-                {
-                    keep = false;
-                }
-            }
-            let done = framing.feed(&ubuf[n..])?;
-            break ((framing, done), keep);
+    let (mut framing, reusable, mut done) = loop {
+        if let Some(h) = parse_response(&ubuf)? {
+            let mut framing = h.framing;
+            let done = framing.feed(&ubuf[h.head_len..])?;
+            break (framing, h.reusable, done);
         }
         ubuf = read_more(&mut up, ubuf).await?;
     };
-    let (ref mut body, mut done) = framing;
     loop {
         let (res, back) = client.write_all(ubuf).await;
         ubuf = back;
@@ -253,36 +196,10 @@ async fn exchange(
         // A close-delimited body ends at EOF: the error closes the client
         // connection, which ends the client's copy of the body too.
         ubuf = read_more(&mut up, ubuf).await?;
-        done = body.feed(&ubuf)?;
+        done = framing.feed(&ubuf)?;
     }
-    if keep && !matches!(body, Framing::Close) {
+    if reusable {
         pool.idle.borrow_mut().push(up);
     }
     Ok((cbuf, req, ubuf))
-}
-
-/// Where an upstream body ends.
-enum Framing {
-    Length(usize),
-    Chunked(ChunkedDecoder),
-    /// Until the connection closes: the client connection closes too.
-    Close,
-}
-
-impl Framing {
-    /// Accounts for body bytes; true once the body is complete.
-    fn feed(&mut self, bytes: &[u8]) -> io::Result<bool> {
-        match self {
-            Framing::Length(left) => {
-                *left = left.saturating_sub(bytes.len());
-                Ok(*left == 0)
-            }
-            Framing::Chunked(d) => {
-                d.feed(bytes, |_| {})
-                    .map_err(|_| invalid("bad chunked body"))?;
-                Ok(d.is_done())
-            }
-            Framing::Close => Ok(false),
-        }
-    }
 }
