@@ -562,27 +562,44 @@ def open_loop(env, started, body, cell):
     at the same rate. The rate is half of each system's own saturating rate,
     or `--open-rate` for all (on a small machine, half of a fast system's
     rate can already saturate the box: generator, mock and system share it).
-    One second of warm-up (connections, upstream pool) is not measured."""
+    Then once more for every system at one common rate, half of nginx's
+    saturating rate (a load every system here carries), so systems are
+    compared at the same offered load too. One second of warm-up
+    (connections, upstream pool) is not measured."""
     direct = started.get("direct")
-    out = {}
-    for name, (sys_, proc, addr) in started.items():
-        if name == "direct" or not direct:
-            continue
-        runs = cell["systems"][name]["runs"]
-        if not runs:
-            continue
-        rate = env.args.open_rate or 0.5 * statistics.median(r["rps"] for r in runs)
+    if not direct:
+        return
+
+    def step(name, addr, rate, fixed):
         conns = env.args.open_conns or max(8, min(512, int(rate * 0.01) + 8))
         s = loadgen(env, addr, body, conns, env.args.duration, warmup=1.0, rate=rate)
         d = loadgen(env, direct[2], body, conns, env.args.duration, warmup=1.0, rate=rate)
-        out[name] = {"rate": rate, "conns": conns, "fixed_rate": bool(env.args.open_rate), "p99_us": s["latency_us"]["p99"],
-                     "direct_p99_us": d["latency_us"]["p99"],
-                     "added_p99_us": s["latency_us"]["p99"] - d["latency_us"]["p99"],
-                     "p50_us": s["latency_us"]["p50"], "direct_p50_us": d["latency_us"]["p50"],
-                     "errors": s["errors"] + d["errors"]}
-        log(f"[open] {name:16} at {rate:8.0f}/s: p99 {out[name]['p99_us']} us vs direct "
-            f"{out[name]['direct_p99_us']} us, errors {out[name]['errors']}")
+        o = {"rate": rate, "conns": conns, "fixed_rate": fixed, "p99_us": s["latency_us"]["p99"],
+             "direct_p99_us": d["latency_us"]["p99"],
+             "added_p99_us": s["latency_us"]["p99"] - d["latency_us"]["p99"],
+             "p50_us": s["latency_us"]["p50"], "direct_p50_us": d["latency_us"]["p50"],
+             "errors": s["errors"] + d["errors"]}
+        log(f"[open] {name:16} at {rate:8.0f}/s: p99 {o['p99_us']} us vs direct "
+            f"{o['direct_p99_us']} us, errors {o['errors']}")
+        return o
+
+    out, common = {}, {}
+    for name, (sys_, proc, addr) in started.items():
+        runs = cell["systems"][name]["runs"]
+        if name == "direct" or not runs:
+            continue
+        rate = env.args.open_rate or 0.5 * statistics.median(r["rps"] for r in runs)
+        out[name] = step(name, addr, rate, bool(env.args.open_rate))
     cell["open_loop_half_load"] = out
+    ref = cell["systems"].get("nginx", {}).get("runs")
+    if env.args.open_rate or not ref:
+        return
+    rate = 0.5 * statistics.median(r["rps"] for r in ref)
+    for name, (sys_, proc, addr) in started.items():
+        if name == "direct" or not cell["systems"][name]["runs"] or name == "litellm":
+            continue
+        common[name] = step(name, addr, rate, True)
+    cell["open_loop_common"] = common
 
 
 def sweep(env, started, body, cell):
@@ -809,9 +826,13 @@ def markdown(report, meta):
                     f"{spread(s['cpu_us_per_req'])} | {fmt(v.get('cpu_us_per_req'), 2)} | "
                     f"{fmt(s['machine_cpu_us_per_req'] and s['machine_cpu_us_per_req']['median'])} | "
                     f"{fmt(s['rss_peak_mb'] and s['rss_peak_mb']['median'])} | {s['errors']} |")
-            ol = cell.get("open_loop_half_load")
-            if ol:
-                how = ("at the same fixed rate for every system" if any(
+            for key, how in (("open_loop_half_load", None),
+                             ("open_loop_common", "at one rate for every system, half of "
+                              "nginx's saturating rate")):
+                ol = cell.get(key)
+                if not ol:
+                    continue
+                how = how or ("at the same fixed rate for every system" if any(
                     o.get("fixed_rate") for o in ol.values())
                     else "at half of each system's own saturating rate")
                 out += ["", f"Open loop {how}, 1 s warm-up; the mock directly at the same "
