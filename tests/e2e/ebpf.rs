@@ -268,18 +268,24 @@ fn serve(mut s: TcpStream, end: &AtomicU8) {
 
 /// The upstream ends the gateway's idle pooled connection with `how`;
 /// the next request must not be written to it.
-fn idle_connection_ended(how: u8) {
-    let up = RstUpstream::start();
+/// A gateway with eBPF on and one model `m` on upstream `name`, whose
+/// breaker opens on a single failure; and its admin address.
+fn one_failure_gateway(name: &str, addr: SocketAddr) -> (Proc, SocketAddr) {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    // One failure would open the breaker: an idle reset must not count.
     let cfg = format!(
         "[server]\nlisten = \"{{listen}}\"\nadmin_listen = \"{admin}\"\nworkers = 1\n\
          [log]\naccess = false\n[ebpf]\nenabled = \"on\"\n{}\
-         [[models]]\nname = \"m\"\ntargets = [{{ upstream = \"raw\" }}]\n\
+         [[models]]\nname = \"m\"\ntargets = [{{ upstream = \"{name}\" }}]\n\
          breaker = {{ max_failures = 1 }}\n",
-        upstream("raw", up.addr)
+        upstream(name, addr)
     );
-    let g = gateway(&cfg, &[]);
+    (gateway(&cfg, &[]), admin)
+}
+
+fn idle_connection_ended(how: u8) {
+    let up = RstUpstream::start();
+    // One failure would open the breaker: an idle reset must not count.
+    let (g, admin) = one_failure_gateway("raw", up.addr);
     let ask = || request(g.addr, &chat(r#"{"model":"m","max_tokens":1}"#));
     assert_eq!(ask().status, 200);
     assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
@@ -327,15 +333,7 @@ fn an_idle_pooled_connection_closed_by_the_upstream_is_evicted_before_use() {
 #[test]
 fn a_reset_after_this_host_hung_up_does_not_open_the_breaker() {
     let m = mock(&[]);
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cfg = format!(
-        "[server]\nlisten = \"{{listen}}\"\nadmin_listen = \"{admin}\"\nworkers = 1\n\
-         [log]\naccess = false\n[ebpf]\nenabled = \"on\"\n{}\
-         [[models]]\nname = \"m\"\ntargets = [{{ upstream = \"mock\" }}]\n\
-         breaker = {{ max_failures = 1 }}\n",
-        upstream("mock", m.addr)
-    );
-    let g = gateway(&cfg, &[]);
+    let (g, admin) = one_failure_gateway("mock", m.addr);
     let ask = || request(g.addr, &chat(r#"{"model":"m","max_tokens":1}"#));
     assert_eq!(ask().status, 200);
     let mut s = TcpStream::connect(m.addr).unwrap();
