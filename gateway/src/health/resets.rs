@@ -8,7 +8,9 @@
 //!   went ESTABLISHED → FIN_WAIT1) while the upstream was still sending,
 //!   as happens to any stream whose client left. Data arriving after that
 //!   makes this host's own kernel abort the connection (RFC 1122), and it
-//!   reports that abort as a reset of the local socket.
+//!   reports that abort as a reset of the local socket. A reset after this
+//!   host closed second (CLOSE_WAIT → LAST_ACK: the upstream had already
+//!   ended the connection with its FIN) is treated the same way.
 //!
 //! The second case is real traffic on a shared host: any process whose
 //! socket shuts down with the fd still open (a proxy cancelling a stream,
@@ -37,6 +39,8 @@ const REMEMBERED: usize = 1024;
 const TCP_ESTABLISHED: u16 = 1;
 const TCP_SYN_SENT: u16 = 2;
 const TCP_FIN_WAIT1: u16 = 4;
+const TCP_CLOSE_WAIT: u16 = 8;
+const TCP_LAST_ACK: u16 = 9;
 
 /// (upstream id, local port).
 pub type Key = (u32, u16);
@@ -88,7 +92,12 @@ impl Resets {
     /// A state change of a socket to the upstream.
     pub fn state(&mut self, key: Key, old: u16, new: u16) {
         match (old, new) {
-            (TCP_ESTABLISHED, TCP_FIN_WAIT1) => remember(&mut self.hung_up, key),
+            // This host closed first, or closed after the upstream had
+            // already ended the connection (its FIN): either way the
+            // connection was over when a reset came.
+            (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => {
+                remember(&mut self.hung_up, key)
+            }
             (TCP_SYN_SENT, TCP_ESTABLISHED) => {
                 forget(&mut self.hung_up, key);
                 forget(&mut self.idle, key);
@@ -136,6 +145,18 @@ mod tests {
         assert_eq!(r.reset((0, 40000)), Verdict::HungUp);
         // Consumed: the same key resetting again is judged afresh.
         assert_eq!(r.reset((0, 40000)), Verdict::Failure);
+    }
+
+    #[test]
+    fn a_reset_after_both_sides_closed_is_not_a_failure() {
+        let mut r = Resets::default();
+        r.state((0, 40000), TCP_ESTABLISHED, TCP_CLOSE_WAIT);
+        r.state((0, 40000), TCP_CLOSE_WAIT, TCP_LAST_ACK);
+        assert_eq!(r.reset((0, 40000)), Verdict::HungUp);
+        // The upstream's FIN alone (this host has not closed) does not
+        // excuse a reset.
+        r.state((0, 40001), TCP_ESTABLISHED, TCP_CLOSE_WAIT);
+        assert_eq!(r.reset((0, 40001)), Verdict::Failure);
     }
 
     #[test]
