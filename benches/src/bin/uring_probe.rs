@@ -265,6 +265,7 @@ struct Proxy {
     upstream: SocketAddr,
     host_line: Vec<u8>,
     socks: Vec<Sock>,
+    max_socks: usize,
     free: Vec<usize>,
     pool: Vec<usize>,
     /// Clients with ring buffers queued to send (multishot).
@@ -316,7 +317,7 @@ impl Proxy {
         stream.set_nodelay(true)?;
         let i = match self.free.pop() {
             Some(i) => i,
-            None if self.socks.len() < MAX_SOCKS as usize => {
+            None if self.socks.len() < self.max_socks => {
                 self.socks.push(Sock::new());
                 self.socks.len() - 1
             }
@@ -813,6 +814,19 @@ fn pair_mut(socks: &mut [Sock], a: usize, b: usize) -> (&mut Sock, &mut Sock) {
     }
 }
 
+/// Slots for sockets: the registered file table may not exceed the
+/// open-file limit (the kernel refuses it with EMFILE).
+fn max_socks() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let open_files = if rc == 0 { lim.rlim_cur } else { 1024 };
+    (MAX_SOCKS as u64).min(open_files.saturating_sub(64).max(64)) as usize
+}
+
 fn build_ring(f: Features) -> io::Result<IoUring> {
     let mut b = IoUring::builder();
     if f.sqpoll {
@@ -868,8 +882,9 @@ fn main() -> std::process::ExitCode {
 
 fn start(listen: SocketAddr, upstream: SocketAddr, f: Features) -> io::Result<()> {
     let ring = build_ring(f)?;
+    let max_socks = max_socks();
     if f.fixed {
-        ring.submitter().register_files_sparse(MAX_SOCKS)?;
+        ring.submitter().register_files_sparse(max_socks as u32)?;
     }
     let bufs = if f.multishot {
         Some(BufRing::new(&ring)?)
@@ -885,6 +900,7 @@ fn start(listen: SocketAddr, upstream: SocketAddr, f: Features) -> io::Result<()
         upstream,
         host_line: format!("Host: {upstream}\r\n").into_bytes(),
         socks: Vec::new(),
+        max_socks,
         free: Vec::new(),
         pool: Vec::new(),
         dirty: Vec::new(),
