@@ -325,6 +325,35 @@ fn an_idle_pooled_connection_closed_by_the_upstream_is_evicted_before_use() {
     idle_connection_ended(FIN);
 }
 
+/// The other side of the rule: when the upstream resets a connection that
+/// is in use (here another process's, as the kernel's view is per host),
+/// the kernel's reset alone opens the breaker, with no request through the
+/// gateway.
+#[test]
+fn an_upstream_reset_of_a_connection_in_use_opens_the_breaker() {
+    let up = RstUpstream::start();
+    let (g, admin) = one_failure_gateway("raw", up.addr);
+    let mut s = TcpStream::connect(up.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(
+        s,
+        "POST /v1/x HTTP/1.1\r\nHost: up\r\ncontent-length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = [0u8; 512];
+    assert!(s.read(&mut answer).unwrap() > 0);
+    assert_eq!(breaker_states(admin), vec![("m".into(), "closed".into())]);
+    up.end.store(RST, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(3), || breaker_states(admin)
+            == vec![("m".into(), "open".into())]),
+        "the upstream's reset did not open the breaker: {:?}\n{}",
+        breaker_states(admin),
+        g.stderr()
+    );
+    drop(s);
+}
+
 /// Another process on this host streams from the upstream and hangs up
 /// mid-stream with its socket still open (as a proxy cancelling a stream
 /// does): the upstream's next event makes this host's kernel abort the

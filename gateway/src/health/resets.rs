@@ -125,38 +125,54 @@ mod tests {
     const CLOSE: u16 = 7;
     const FIN_WAIT2: u16 = 5;
 
-    #[test]
-    fn a_reset_of_a_connection_in_use_is_a_failure() {
+    const KEY: Key = (0, 40000);
+
+    /// Replays one connection's state changes, then judges its reset.
+    fn verdict(states: &[(u16, u16)]) -> Verdict {
         let mut r = Resets::default();
-        r.state((0, 40000), TCP_SYN_SENT, TCP_ESTABLISHED);
-        r.state((0, 40000), TCP_ESTABLISHED, CLOSE);
-        assert_eq!(r.reset((0, 40000)), Verdict::Failure);
+        for &(old, new) in states {
+            r.state(KEY, old, new);
+        }
+        r.reset(KEY)
     }
 
     #[test]
-    fn a_reset_after_this_host_hung_up_is_not_a_failure_once() {
+    fn a_reset_of_a_connection_in_use_is_a_failure() {
+        let used = [(TCP_SYN_SENT, TCP_ESTABLISHED), (TCP_ESTABLISHED, CLOSE)];
+        assert_eq!(verdict(&used), Verdict::Failure);
+        // The upstream's FIN alone (this host has not closed) does not
+        // excuse a reset.
+        assert_eq!(
+            verdict(&[(TCP_ESTABLISHED, TCP_CLOSE_WAIT)]),
+            Verdict::Failure
+        );
+    }
+
+    #[test]
+    fn a_reset_after_this_host_closed_is_not_a_failure() {
+        let first = [
+            (TCP_ESTABLISHED, TCP_FIN_WAIT1),
+            (TCP_FIN_WAIT1, FIN_WAIT2),
+            (FIN_WAIT2, CLOSE),
+        ];
+        assert_eq!(verdict(&first), Verdict::HungUp);
+        let second = [
+            (TCP_ESTABLISHED, TCP_CLOSE_WAIT),
+            (TCP_CLOSE_WAIT, TCP_LAST_ACK),
+        ];
+        assert_eq!(verdict(&second), Verdict::HungUp);
+    }
+
+    #[test]
+    fn a_hang_up_excuses_one_reset_of_its_own_connection() {
         let mut r = Resets::default();
-        r.state((0, 40000), TCP_ESTABLISHED, TCP_FIN_WAIT1);
-        r.state((0, 40000), TCP_FIN_WAIT1, FIN_WAIT2);
-        r.state((0, 40000), FIN_WAIT2, CLOSE);
+        r.state(KEY, TCP_ESTABLISHED, TCP_FIN_WAIT1);
         // Another connection (other port, other upstream) is unaffected.
         assert_eq!(r.reset((0, 40001)), Verdict::Failure);
         assert_eq!(r.reset((1, 40000)), Verdict::Failure);
-        assert_eq!(r.reset((0, 40000)), Verdict::HungUp);
+        assert_eq!(r.reset(KEY), Verdict::HungUp);
         // Consumed: the same key resetting again is judged afresh.
-        assert_eq!(r.reset((0, 40000)), Verdict::Failure);
-    }
-
-    #[test]
-    fn a_reset_after_both_sides_closed_is_not_a_failure() {
-        let mut r = Resets::default();
-        r.state((0, 40000), TCP_ESTABLISHED, TCP_CLOSE_WAIT);
-        r.state((0, 40000), TCP_CLOSE_WAIT, TCP_LAST_ACK);
-        assert_eq!(r.reset((0, 40000)), Verdict::HungUp);
-        // The upstream's FIN alone (this host has not closed) does not
-        // excuse a reset.
-        r.state((0, 40001), TCP_ESTABLISHED, TCP_CLOSE_WAIT);
-        assert_eq!(r.reset((0, 40001)), Verdict::Failure);
+        assert_eq!(r.reset(KEY), Verdict::Failure);
     }
 
     #[test]
