@@ -19,6 +19,10 @@
 //! of its letters is decoded at once too. The decoded text is the same as
 //! decoding each event as it comes, in the same order (tested).
 //!
+//! Both checks look only where an event differs from the held base: the
+//! base passed them, and bytes equal to the base's give the base's answer
+//! (a proptest compares this with checking the whole event).
+//!
 //! Memory: held data is bounded by [`HOLD_MAX`] per stream; past it the
 //! held events are decoded and their data dropped, so a long stream costs
 //! at most that much plus its text. A content delta holds about its text
@@ -29,7 +33,7 @@ use memchr::memmem;
 use std::sync::LazyLock;
 
 use super::decode::{Decoded, decode_event};
-use super::hold::Hold;
+use super::hold::{Diff, Hold};
 use super::scanner::Event;
 use crate::json_bytes::{quote_escaped, skip_ws};
 
@@ -45,6 +49,18 @@ pub struct DeferredText {
     /// Data of text-only events not decoded yet.
     held: Hold,
     text: String,
+    /// The `"usage"` keys of the hold's base event ([`BaseKeys`]).
+    base_keys: Option<BaseKeys>,
+}
+
+/// Where the base event's `"usage"` keys are, and how far the check of
+/// each read, so an event that shares most bytes with the base is checked
+/// only where it differs ([`usage_present_near`]).
+struct BaseKeys {
+    /// Which record of the hold the base is.
+    base: (usize, usize, usize),
+    /// (start of the key, end of the bytes its check read).
+    keys: Vec<(usize, usize)>,
 }
 
 impl DeferredText {
@@ -66,11 +82,32 @@ impl DeferredText {
         // Held events passed the escape check, so only the bytes where
         // this one differs from the base (an escape is 6 bytes) need it.
         let diff = self.held.diff(data);
-        if escaped_usage_letter(data, diff.changed(data.len(), 5)) || usage_present(data) {
+        if escaped_usage_letter(data, diff.changed(data.len(), 5)) || self.usage_present(data, diff)
+        {
             return self.decode_now(ev);
         }
         self.held.push(data, diff);
         Decoded::default()
+    }
+
+    /// [`usage_present`], looking only where `data` differs from the base
+    /// when it has one: the base passed the full check (it is held), and
+    /// bytes equal to the base's give the base's answer.
+    fn usage_present(&mut self, data: &[u8], diff: Diff) -> bool {
+        let Some((base, p, s)) = diff.against() else {
+            return usage_present(data);
+        };
+        if self.base_keys.as_ref().is_none_or(|k| k.base != base) {
+            self.base_keys = self
+                .held
+                .base_bytes()
+                .and_then(base_keys)
+                .map(|keys| BaseKeys { base, keys });
+        }
+        match (&self.base_keys, self.held.base_bytes()) {
+            (Some(k), Some(b)) => usage_present_near(data, p, s, b.len(), &k.keys),
+            _ => usage_present(data),
+        }
     }
 
     /// Decodes an event at once; its text goes after the held events'.
@@ -91,6 +128,8 @@ impl DeferredText {
     }
 
     fn decode_held(&mut self) {
+        // The records (and the base with them) go: positions are reused.
+        self.base_keys = None;
         let text = &mut self.text;
         self.held.drain(|data| {
             if !data.is_empty() {
@@ -107,26 +146,87 @@ fn push_text(text: &mut String, t: &str) {
     }
 }
 
+static FINDER: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+
+/// Length of `"usage"`.
+const KEY: usize = 7;
+
 /// The data has a `"usage"` key (unescaped opening quote) whose value is
 /// not `null`; or one that cannot be told apart from it cheaply.
 fn usage_present(data: &[u8]) -> bool {
-    static FINDER: LazyLock<memmem::Finder<'static>> =
-        LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
-    for at in FINDER.find_iter(data) {
-        if quote_escaped(data, at) {
-            // Not structure, unless a key ends in `\"usage`: decode.
-            return true;
-        }
-        let mut i = skip_ws(data, at + 7);
-        if data.get(i) != Some(&b':') {
-            continue;
-        }
-        i = skip_ws(data, i + 1);
-        if !data[i..].starts_with(b"null") {
-            return true;
-        }
+    keys_in(data, 0, data.len()).any(|at| usage_at(data, at).0)
+}
+
+/// Every `"usage"` that lies in `data[from..to]`, overlapping ones too
+/// (`"usage"usage"` is two: invalid JSON, but every check must see the
+/// same occurrences wherever it starts looking).
+fn keys_in(data: &[u8], from: usize, to: usize) -> impl Iterator<Item = usize> + '_ {
+    let mut pos = from;
+    std::iter::from_fn(move || {
+        let at = pos + FINDER.find(data.get(pos..to)?)?;
+        pos = at + 1;
+        Some(at)
+    })
+}
+
+/// Whether the `"usage"` at `at` counts as present (see
+/// [`usage_present`]), and the end of the positions after `at` that told,
+/// past the end of `data` when its end told (a byte that is not there
+/// decides as much as one that is).
+fn usage_at(data: &[u8], at: usize) -> (bool, usize) {
+    if quote_escaped(data, at) {
+        // Not structure, unless a key ends in `\"usage`: decode.
+        return (true, at + KEY);
     }
-    false
+    let i = skip_ws(data, at + KEY);
+    if data.get(i) != Some(&b':') {
+        return (false, i + 1);
+    }
+    let j = skip_ws(data, i + 1);
+    (!data[j..].starts_with(b"null"), j + 4)
+}
+
+/// The `"usage"` keys of a held base event (none counts as present);
+/// `None` if one does, which a held base never has.
+fn base_keys(base: &[u8]) -> Option<Vec<(usize, usize)>> {
+    keys_in(base, 0, base.len())
+        .map(|at| match usage_at(base, at) {
+            (false, end) => Some((at, end)),
+            (true, _) => None,
+        })
+        .collect()
+}
+
+/// [`usage_present`] of `data`, which equals its base (of `m` bytes, whose
+/// keys are `keys` and none present) in its first `p` and last `s` bytes.
+/// A key found in the base's bytes, with everything its check read, gives
+/// the base's answer, so only these are checked:
+/// - keys in `data` that touch the bytes between (or their edges);
+/// - base keys in the prefix whose check read past it;
+/// - base keys in the suffix whose opening quote may be escaped by a
+///   backslash outside it.
+fn usage_present_near(data: &[u8], p: usize, s: usize, m: usize, keys: &[(usize, usize)]) -> bool {
+    let n = data.len();
+    if p + s > n.min(m) {
+        return usage_present(data);
+    }
+    let lo = p.saturating_sub(KEY - 1);
+    let hi = (n - s + KEY - 1).min(n);
+    if keys_in(data, lo, hi).any(|at| usage_at(data, at).0) {
+        return true;
+    }
+    keys.iter().any(|&(at, end)| {
+        if at < lo {
+            end > p && usage_at(data, at).0
+        } else if at >= m - s {
+            let at = at - (m - s) + (n - s);
+            let quote_kept = at > n - s && data[at - 1] != b'\\';
+            !quote_kept && usage_at(data, at).0
+        } else {
+            false
+        }
+    })
 }
 
 /// The data has a `\u00XX` escape of a letter of `usage`: the only way a
@@ -298,7 +398,93 @@ mod tests {
         assert_eq!(d.text(), all);
     }
 
+    /// Bytes from pieces that make, break and hide `"usage"` keys.
+    fn pieces() -> impl Strategy<Value = Vec<u8>> {
+        let piece = proptest::sample::select(vec![
+            "\"usage\"",
+            "\"usa",
+            "ge\"",
+            "usage\"",
+            ":",
+            " ",
+            "\n",
+            "null",
+            "nul",
+            "{}",
+            "1",
+            "\\",
+            "\"",
+            "x",
+            ",",
+            "{",
+            "}",
+        ]);
+        proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat().into_bytes())
+    }
+
+    /// Base keys and their reach, with the near check against the full one.
+    fn near_and_full(base: &[u8], p: usize, middle: &[u8], s: usize) -> (bool, bool) {
+        let keys = base_keys(base).unwrap();
+        let mut data = base[..p].to_vec();
+        data.extend_from_slice(middle);
+        data.extend_from_slice(&base[base.len() - s..]);
+        (
+            usage_present_near(&data, p, s, base.len(), &keys),
+            usage_present(&data),
+        )
+    }
+
+    #[test]
+    fn the_near_check_sees_what_the_base_keys_did_not_read() {
+        // The base's key ended the data: the byte after it, absent in the
+        // base, decides in the event.
+        assert_eq!(near_and_full(b"\"usage\"", 7, b":1", 0), (true, true));
+        // A key that starts in the changed bytes and ends in the suffix.
+        let base = b"{\"usage\":null}";
+        assert_eq!(
+            near_and_full(base, 1, b"\\\"", base.len() - 2),
+            (true, true)
+        );
+        // A suffix key whose quote a changed backslash escapes.
+        assert_eq!(near_and_full(base, 0, b"{\\", base.len() - 1), (true, true));
+        // A prefix key whose value the change replaced.
+        assert_eq!(near_and_full(base, 9, b"{}}", 0), (true, true));
+        // And a change far from the key keeps the base's answer.
+        assert_eq!(
+            near_and_full(base, 1, b"\"a\":1,", base.len() - 1),
+            (false, false)
+        );
+    }
+
     proptest! {
+        // Many random bases have a present key and are not held: rejected.
+        #![proptest_config(ProptestConfig {
+            max_global_rejects: 1 << 20,
+            ..ProptestConfig::default()
+        })]
+
+        /// The check near the bytes that differ from the base gives the
+        /// full check's answer, wherever the event was cut from the base.
+        #[test]
+        fn the_check_near_the_changes_is_the_full_check(
+            base in pieces(),
+            middle in pieces(),
+            p in 0usize..200,
+            s in 0usize..200,
+        ) {
+            prop_assume!(!usage_present(&base));
+            let keys = base_keys(&base).unwrap();
+            let p = p.min(base.len());
+            let s = s.min(base.len() - p);
+            let mut data = base[..p].to_vec();
+            data.extend_from_slice(&middle);
+            data.extend_from_slice(&base[base.len() - s..]);
+            prop_assert_eq!(
+                usage_present_near(&data, p, s, base.len(), &keys),
+                usage_present(&data)
+            );
+        }
+
         /// Deferred decoding reads the same text and the same done/usage
         /// as decoding every event, whatever the events hold.
         #[test]

@@ -42,6 +42,12 @@ impl Diff {
     pub fn changed(&self, len: usize, margin: usize) -> std::ops::Range<usize> {
         self.p.saturating_sub(margin)..len.saturating_sub(self.s)
     }
+
+    /// The base this diff was taken against (which record of the hold),
+    /// and the common prefix and suffix lengths; `None` without a base.
+    pub fn against(&self) -> Option<((usize, usize, usize), usize, usize)> {
+        self.base.map(|b| (b, self.p, self.s))
+    }
 }
 
 /// Held event data.
@@ -138,7 +144,8 @@ impl Hold {
         self.len += need;
     }
 
-    fn base_bytes(&self) -> Option<&[u8]> {
+    /// The base event's bytes, if there is a base.
+    pub fn base_bytes(&self) -> Option<&[u8]> {
         let (b, at, len) = self.base?;
         self.blocks.get(b)?.get(at..at + len)
     }
