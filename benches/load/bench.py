@@ -583,23 +583,19 @@ def open_loop(env, started, body, cell):
             f"{o['direct_p99_us']} us, errors {o['errors']}")
         return o
 
-    out, common = {}, {}
-    for name, (sys_, proc, addr) in started.items():
-        runs = cell["systems"][name]["runs"]
-        if name == "direct" or not runs:
-            continue
-        rate = env.args.open_rate or 0.5 * statistics.median(r["rps"] for r in runs)
-        out[name] = step(name, addr, rate, bool(env.args.open_rate))
-    cell["open_loop_half_load"] = out
-    ref = cell["systems"].get("nginx", {}).get("runs")
-    if env.args.open_rate or not ref:
+    def half_rate(name):
+        return 0.5 * statistics.median(r["rps"] for r in cell["systems"][name]["runs"])
+
+    tested = [(name, addr) for name, (_, _, addr) in started.items()
+                 if name != "direct" and cell["systems"][name]["runs"]]
+    cell["open_loop_half_load"] = {
+        name: step(name, addr, env.args.open_rate or half_rate(name), bool(env.args.open_rate))
+        for name, addr in tested}
+    if env.args.open_rate or "nginx" not in dict(tested):
         return
-    rate = 0.5 * statistics.median(r["rps"] for r in ref)
-    for name, (sys_, proc, addr) in started.items():
-        if name == "direct" or not cell["systems"][name]["runs"] or name == "litellm":
-            continue
-        common[name] = step(name, addr, rate, True)
-    cell["open_loop_common"] = common
+    rate = half_rate("nginx")
+    cell["open_loop_common"] = {name: step(name, addr, rate, True)
+                                for name, addr in tested if name != "litellm"}
 
 
 def sweep(env, started, body, cell):

@@ -25,7 +25,7 @@
 #     benches/load/variants.sh 3 5s "json sse" -- cur::
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ $# -ge 5 ] && [ "$4" = "--" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
+[ $# -ge 5 ] && [ "$4" = "--" ] || { sed -n '2,25p' "$0" >&2; exit 2; }
 reps=$1; dur=$2; modes=$3; shift 4
 bin=target/release/tollgate
 [ -x "$bin" ] || cargo build --release -p tollgate --bin tollgate
