@@ -617,27 +617,19 @@ impl Proxy {
                 s.receiving = false;
             }
             let bid = cqueue::buffer_select(flags);
-            if s.closing {
+            if s.closing || res <= 0 {
+                // No bytes to use: a buffer the kernel picked goes back.
                 if let (Some(bid), Some(bufs)) = (bid, self.bufs.as_mut()) {
                     bufs.give(bid);
                 }
-                self.maybe_release(i);
-                return Ok(());
-            }
-            if res == -libc::ENOBUFS {
-                self.rearm.push(i);
-                return Ok(());
-            }
-            if res <= 0 {
-                if let (Some(bid), Some(bufs)) = (bid, self.bufs.as_mut()) {
-                    bufs.give(bid);
-                }
-                return match s.role {
-                    Role::Upstream => self.upstream_failed(i),
-                    Role::Client => {
-                        self.close(i);
-                        Ok(())
-                    }
+                return if self.socks[i].closing {
+                    self.maybe_release(i);
+                    Ok(())
+                } else if res == -libc::ENOBUFS {
+                    self.rearm.push(i);
+                    Ok(())
+                } else {
+                    self.failed(i)
                 };
             }
             if self.f.multishot && !more {
@@ -651,15 +643,20 @@ impl Proxy {
                 return Ok(());
             }
             if res < 0 {
-                return match s.role {
-                    Role::Upstream => self.upstream_failed(i),
-                    Role::Client => {
-                        self.close(i);
-                        Ok(())
-                    }
-                };
+                return self.failed(i);
             }
             self.sent(i, res as usize)
+        }
+    }
+
+    /// A receive or send on slot `i` failed (or the peer closed it).
+    fn failed(&mut self, i: usize) -> io::Result<()> {
+        match self.socks[i].role {
+            Role::Upstream => self.upstream_failed(i),
+            Role::Client => {
+                self.close(i);
+                Ok(())
+            }
         }
     }
 
