@@ -94,19 +94,15 @@ impl DeferredText {
     /// when it has one: the base passed the full check (it is held), and
     /// bytes equal to the base's give the base's answer.
     fn usage_present(&mut self, data: &[u8], diff: Diff) -> bool {
-        let Some((base, p, s)) = diff.against() else {
+        let (Some((base, p, s)), Some(bytes)) = (diff.against(), self.held.base_bytes()) else {
             return usage_present(data);
         };
         if self.base_keys.as_ref().is_none_or(|k| k.base != base) {
-            self.base_keys = self
-                .held
-                .base_bytes()
-                .and_then(base_keys)
-                .map(|keys| BaseKeys { base, keys });
+            self.base_keys = base_keys(bytes).map(|keys| BaseKeys { base, keys });
         }
-        match (&self.base_keys, self.held.base_bytes()) {
-            (Some(k), Some(b)) => usage_present_near(data, p, s, b.len(), &k.keys),
-            _ => usage_present(data),
+        match &self.base_keys {
+            Some(k) => usage_present_near(data, p, s, bytes.len(), &k.keys),
+            None => usage_present(data),
         }
     }
 
