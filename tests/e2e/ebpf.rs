@@ -266,8 +266,6 @@ fn serve(mut s: TcpStream, end: &AtomicU8) {
     }
 }
 
-/// The upstream ends the gateway's idle pooled connection with `how`;
-/// the next request must not be written to it.
 /// A gateway with eBPF on and one model `m` on upstream `name`, whose
 /// breaker opens on a single failure; and its admin address.
 fn one_failure_gateway(name: &str, addr: SocketAddr) -> (Proc, SocketAddr) {
@@ -282,6 +280,8 @@ fn one_failure_gateway(name: &str, addr: SocketAddr) -> (Proc, SocketAddr) {
     (gateway(&cfg, &[]), admin)
 }
 
+/// The upstream ends the gateway's idle pooled connection with `how`;
+/// the next request must not be written to it.
 fn idle_connection_ended(how: u8) {
     let up = RstUpstream::start();
     // One failure would open the breaker: an idle reset must not count.

@@ -12,9 +12,10 @@
 //!   matched up, so that target counts it twice. The kernel's view is
 //!   per host: another process's refused connect to the same address
 //!   counts too. A reset after this host hung up first (a stream whose
-//!   client left) is the local kernel's abort, not a failure (`resets`). An RST answering a write to a socket the upstream had
-//!   already closed is EPIPE in the kernel, not a reset: not counted (the
-//!   relay's stale-connection retry covers it).
+//!   client left) is the local kernel's abort, not a failure (`resets`).
+//!   An RST answering a write to a socket the upstream had already closed
+//!   is EPIPE in the kernel, not a reset: not counted (the relay's
+//!   stale-connection retry covers it).
 //! - an RST on an idle pooled connection, or a FIN from the upstream on
 //!   one: the connection is evicted before a request is written to it
 //!   (`cookies`); not a failure, unless the connection had been idle for
