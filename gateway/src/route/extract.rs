@@ -1,17 +1,20 @@
 //! Finds the top-level `"model"` of an OpenAI-style JSON request body
 //! without building a document.
 //!
-//! The body is scanned once, left to right, by a validating JSON scanner
-//! that only descends as far as it must: top-level keys are read, every
-//! other value is skipped structurally. Strings, which are almost all of a
-//! chat body, are skipped with `memchr2` (SIMD) for `"` / `\` plus a SWAR
-//! check for control characters, so the scan runs at memory speed and never
-//! allocates unless the model name itself contains escapes.
+//! The body is checked as UTF-8 in one pass (std's, which runs at memory
+//! speed on ASCII), then scanned once, left to right, by a validating JSON
+//! scanner that only descends as far as it must: top-level keys are read,
+//! every other value is skipped structurally. Strings, which are almost all
+//! of a chat body, are skipped sixteen bytes at a time (SSE2 on x86-64, a
+//! word-at-a-time fallback elsewhere) to the next quote, backslash or
+//! control character; with UTF-8 already checked, nothing else inside a
+//! string needs a look. The items of `messages` are delimited in the same
+//! pass, so the prompt count does not walk them again.
 //!
 //! Invariants:
 //! - The whole body is validated as JSON (RFC 8259): UTF-8, grammar,
-//!   escapes, numbers, nesting up to [`MAX_DEPTH`] (serde_json's default
-//!   recursion limit). Invalid JSON is an error even when a model was found
+//!   escapes, numbers, nesting below [`MAX_DEPTH`] (where serde_json's
+//!   default recursion limit stops). Invalid JSON is an error even when a model was found
 //!   before the fault, so the gateway never forwards a body that the
 //!   upstream would parse differently.
 //! - Only keys of the top-level object count; `model` keys inside
@@ -27,7 +30,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// Deepest nesting accepted, equal to serde_json's recursion limit.
+/// serde_json's recursion limit: a body may nest at most one container
+/// fewer than this (127 levels, the top-level object included).
 pub const MAX_DEPTH: usize = 128;
 
 /// What the gateway needs from the top level of a request body.
@@ -44,9 +48,10 @@ pub struct BodyInfo<'a> {
     pub object_end: usize,
     /// Byte range of the top-level `stream_options` value, if present.
     pub stream_options: Option<Range<usize>>,
-    /// Byte range of the last top-level `messages` value, if present
-    /// (the prompt count reads its items without parsing the body again).
-    pub messages: Option<Range<usize>>,
+    /// Byte ranges of the items of the last top-level `messages` value,
+    /// when that value is an array (the prompt count reads them without
+    /// scanning the body again); `None` when absent or not an array.
+    pub messages: Option<Vec<Range<usize>>>,
     /// A top-level `tools` or `functions` key is present.
     pub tool_definitions: bool,
 }
@@ -97,11 +102,21 @@ impl std::fmt::Display for ExtractError {
 
 /// Scans `body` and returns its top-level model and the facts around it.
 pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
-    let mut s = Scanner { b: body, pos: 0 };
+    let mut s = Scanner {
+        b: body,
+        text: "",
+        pos: 0,
+    };
     s.skip_ws();
     if s.pos == body.len() {
         return Err(ExtractError::Empty);
     }
+    // Outside strings the grammar admits only ASCII, so this one check is
+    // the UTF-8 check of every string; the scanner relies on it.
+    s.text = std::str::from_utf8(body).map_err(|e| ExtractError::InvalidJson {
+        offset: e.valid_up_to(),
+        reason: "invalid UTF-8",
+    })?;
     if body[s.pos] != b'{' {
         s.skip_value()?;
         s.expect_end()?;
@@ -125,7 +140,7 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
         if s.peek() != Some(b'"') {
             return Err(s.err("expected a string key"));
         }
-        let key = s.string()?;
+        let key = s.key()?;
         s.skip_ws();
         if s.peek() != Some(b':') {
             return Err(s.err("expected ':' after key"));
@@ -134,7 +149,7 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
         s.skip_ws();
         let start = s.pos;
         match key.as_ref() {
-            "model" => {
+            b"model" => {
                 if model.is_some() || model_bad {
                     // Keep validating so invalid JSON still wins over the
                     // duplicate, then report the duplicate.
@@ -154,19 +169,23 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
                     model_bad = true;
                 }
             }
-            "stream" => {
+            b"stream" => {
                 s.skip_value()?;
                 stream = &body[start..s.pos] == b"true";
             }
-            "stream_options" => {
+            b"stream_options" => {
                 s.skip_value()?;
                 stream_options = Some(start..s.pos);
             }
-            "messages" => {
-                s.skip_value()?;
-                messages = Some(start..s.pos);
+            b"messages" => {
+                messages = if s.peek() == Some(b'[') {
+                    Some(s.array_items()?)
+                } else {
+                    s.skip_value()?;
+                    None
+                };
             }
-            "tools" | "functions" => {
+            b"tools" | b"functions" => {
                 s.skip_value()?;
                 tool_definitions = true;
             }
@@ -199,56 +218,10 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
     }
 }
 
-/// The items of a JSON array, as the byte slices of their values, each
-/// validated as it is reached; a fault ends the iteration with the error.
-pub struct ArrayItems<'a> {
-    s: Scanner<'a>,
-    done: bool,
-}
-
-/// Iterates the items of `value` (one JSON value, typically a span that
-/// [`extract`] returned); `None` when it is not an array.
-pub fn array_items(value: &[u8]) -> Option<ArrayItems<'_>> {
-    let mut s = Scanner { b: value, pos: 0 };
-    s.skip_ws();
-    if s.peek() != Some(b'[') {
-        return None;
-    }
-    s.pos += 1;
-    s.skip_ws();
-    let done = s.peek() == Some(b']');
-    Some(ArrayItems { s, done })
-}
-
-impl<'a> Iterator for ArrayItems<'a> {
-    type Item = Result<&'a [u8], ExtractError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let s = &mut self.s;
-        s.skip_ws();
-        let start = s.pos;
-        let item = s.skip_value().and_then(|()| {
-            let end = s.pos;
-            s.skip_ws();
-            match s.peek() {
-                Some(b',') => s.pos += 1,
-                Some(b']') => self.done = true,
-                _ => return Err(s.err("expected ',' or ']' in array")),
-            }
-            Ok(&s.b[start..end])
-        });
-        if item.is_err() {
-            self.done = true;
-        }
-        Some(item)
-    }
-}
-
 struct Scanner<'a> {
     b: &'a [u8],
+    /// `b` as text, once checked; string values are sliced from it.
+    text: &'a str,
     pos: usize,
 }
 
@@ -311,14 +284,14 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Result<Cow<'a, str>, ExtractError> {
         let start = self.pos + 1;
         let escaped = self.skip_string()?;
-        // `skip_string` validated the UTF-8; this re-check only runs on the
-        // few short strings that are keys or the model.
-        let raw = std::str::from_utf8(&self.b[start..self.pos - 1]).map_err(|_| {
-            ExtractError::InvalidJson {
+        // Both ends are ASCII quotes, so always character boundaries.
+        let raw = self
+            .text
+            .get(start..self.pos - 1)
+            .ok_or(ExtractError::InvalidJson {
                 offset: start,
                 reason: "invalid UTF-8",
-            }
-        })?;
+            })?;
         if escaped {
             unescape(raw)
                 .map(Cow::Owned)
@@ -331,36 +304,36 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Reads a key at `pos` (which holds `"`) as bytes: compared as they
+    /// stand, or unescaped when the key has escapes (`"mod\u0065l"`).
+    fn key(&mut self) -> Result<Cow<'a, [u8]>, ExtractError> {
+        let start = self.pos + 1;
+        if self.skip_string()? {
+            self.pos = start - 1;
+            return self
+                .string()
+                .map(|k| Cow::Owned(k.into_owned().into_bytes()));
+        }
+        Ok(Cow::Borrowed(&self.b[start..self.pos - 1]))
+    }
+
     /// Skips a string token at `pos` (which holds `"`); returns whether it
-    /// contained escapes. One pass: eight bytes at a time while none is a
-    /// quote, backslash, control character or non-ASCII byte, then byte by
-    /// byte until the next such word. UTF-8 is validated here, per string,
-    /// so the document as a whole is (outside strings the grammar only
-    /// admits ASCII).
+    /// contained escapes. Jumps from one quote, backslash or control
+    /// character to the next ([`next_special`]); UTF-8 was checked for the
+    /// whole body before the scan.
     #[inline]
     fn skip_string(&mut self) -> Result<bool, ExtractError> {
         let b = self.b;
         let mut i = self.pos + 1;
         let mut escaped = false;
         loop {
-            while let Some(chunk) = b.get(i..i + 8) {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(chunk);
-                if special_in(u64::from_le_bytes(w)) {
-                    break;
-                }
-                i += 8;
-            }
-            let Some(&c) = b.get(i) else {
-                self.pos = b.len();
-                return Err(self.err("unterminated string"));
-            };
-            match c {
-                b'"' => {
+            i = next_special(b, i);
+            match b.get(i) {
+                Some(b'"') => {
                     self.pos = i + 1;
                     return Ok(escaped);
                 }
-                b'\\' => {
+                Some(b'\\') => {
                     escaped = true;
                     match b.get(i + 1) {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i += 2,
@@ -378,24 +351,54 @@ impl<'a> Scanner<'a> {
                         }
                     }
                 }
-                0..=0x1f => {
+                Some(_) => {
                     self.pos = i;
                     return Err(self.err("control character in string"));
                 }
-                0x80.. => match utf8_char_len(&b[i..]) {
-                    Some(n) => i += n,
-                    None => {
-                        self.pos = i;
-                        return Err(self.err("invalid UTF-8"));
-                    }
-                },
-                _ => i += 1,
+                None => {
+                    self.pos = b.len();
+                    return Err(self.err("unterminated string"));
+                }
+            }
+        }
+    }
+
+    /// The items of the array at `pos` (which holds `[`), validated, as
+    /// byte ranges of the body; `pos` ends after the `]`.
+    fn array_items(&mut self) -> Result<Vec<Range<usize>>, ExtractError> {
+        let mut items = Vec::new();
+        self.pos += 1;
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(items);
+        }
+        loop {
+            self.skip_ws();
+            let start = self.pos;
+            // One level deeper than a top-level value: the array.
+            self.skip_value_in(1)?;
+            items.push(start..self.pos);
+            self.skip_ws();
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(items);
+                }
+                _ => return Err(self.err("expected ',' or ']' in array")),
             }
         }
     }
 
     /// Skips one JSON value of any kind, validating it.
     fn skip_value(&mut self) -> Result<(), ExtractError> {
+        self.skip_value_in(0)
+    }
+
+    /// [`Self::skip_value`] for a value `outer` containers below a
+    /// top-level value, so the depth limit counts them.
+    fn skip_value_in(&mut self, outer: usize) -> Result<(), ExtractError> {
         // Open containers as a bit stack (bit set: an object), `depth`
         // deep. Nesting is bounded by MAX_DEPTH, so 128 bits hold it and
         // no skip allocates.
@@ -411,7 +414,7 @@ impl<'a> Scanner<'a> {
                 }
                 Some(b'{') | Some(b'[') => {
                     let is_obj = self.b[self.pos] == b'{';
-                    if depth + 2 > MAX_DEPTH {
+                    if outer + depth + 2 >= MAX_DEPTH {
                         return Err(self.err("nesting too deep"));
                     }
                     self.pos += 1;
@@ -536,32 +539,88 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// True when the word holds a byte that ends the fast string loop:
-/// `"`, `\\`, a control character (< 0x20) or a non-ASCII byte. Exact for
-/// "any": the zero-byte trick only misreports bytes above a real hit.
+/// Index of the first byte at or after `i` that stops a string's plain
+/// run: `"`, `\\` or a control character (< 0x20); `b.len()` when there
+/// is none. Bytes of 0x80 and up are plain (UTF-8 is checked beforehand).
 #[inline]
-fn special_in(x: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HI;
-    let quote = zero(x ^ (ONES * u64::from(b'"')));
-    let backslash = zero(x ^ (ONES * u64::from(b'\\')));
-    let control = x.wrapping_sub(ONES * 0x20) & !x & HI;
-    (quote | backslash | control | (x & HI)) != 0
+fn next_special(b: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = b.get(i..i + LANES) {
+        let hits = special_lanes(chunk);
+        if hits != 0 {
+            return i + hits.trailing_zeros() as usize;
+        }
+        i += LANES;
+    }
+    // The tail, padded with a plain byte.
+    let rest = b.get(i..).unwrap_or_default();
+    let mut tail = [b' '; LANES];
+    tail[..rest.len()].copy_from_slice(rest);
+    match special_lanes(&tail) {
+        0 => b.len(),
+        hits => (i + hits.trailing_zeros() as usize).min(b.len()),
+    }
 }
 
-/// Length of the valid UTF-8 character starting at `b[0]` (a non-ASCII
-/// lead byte), or `None` when it is not valid UTF-8.
+/// Bytes classified per call of [`special_lanes`].
+const LANES: usize = 16;
+
+/// Bit `k` set when `chunk[k]` (of exactly [`LANES`] bytes) is `"`, `\\`
+/// or below 0x20. SSE2, which every x86-64 CPU has.
+#[cfg(target_arch = "x86_64")]
 #[inline]
-fn utf8_char_len(b: &[u8]) -> Option<usize> {
-    let n = match b.first()? {
-        0xC2..=0xDF => 2,
-        0xE0..=0xEF => 3,
-        0xF0..=0xF4 => 4,
-        _ => return None,
+fn special_lanes(chunk: &[u8]) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
     };
-    std::str::from_utf8(b.get(..n)?).ok().map(|_| n)
+    assert!(chunk.len() >= LANES);
+    // SAFETY: the assert above keeps the 16-byte load inside `chunk`, and
+    // `_mm_loadu_si128` has no alignment requirement. The rest are
+    // register-only SSE2 instructions, part of the x86-64 baseline, so
+    // they exist on every CPU this target runs on.
+    unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr().cast());
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        // Unsigned v <= 0x1f exactly when max(v, 0x1f) == 0x1f.
+        let low = _mm_set1_epi8(0x1f);
+        let control = _mm_cmpeq_epi8(_mm_max_epu8(v, low), low);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+    }
 }
+
+/// [`special_lanes`] a word at a time, where SSE2 is not available (and
+/// in tests, against the same reference). The zero-byte trick only
+/// misreports bytes above a real hit, so the lowest set bit, the only one
+/// read, is exact.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+#[inline]
+fn special_lanes_swar(chunk: &[u8]) -> u32 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let word = |w: &[u8]| -> u32 {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(w);
+        let x = u64::from_le_bytes(x);
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HI;
+        let quote = zero(x ^ (ONES * u64::from(b'"')));
+        let backslash = zero(x ^ (ONES * u64::from(b'\\')));
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HI;
+        let m = quote | backslash | control;
+        if m == 0 {
+            0
+        } else {
+            1 << (m.trailing_zeros() / 8)
+        }
+    };
+    match word(&chunk[..8]) {
+        0 => word(&chunk[8..LANES]) << 8,
+        lo => lo,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+use special_lanes_swar as special_lanes;
 
 /// Decodes the escapes of a string body already checked by `skip_string`.
 /// Returns `None` for a lone or mismatched UTF-16 surrogate.

@@ -11,6 +11,6 @@ pub mod rewrite;
 pub mod table;
 pub mod wrr;
 
-pub use extract::{BodyInfo, ExtractError, array_items, extract};
+pub use extract::{BodyInfo, ExtractError, extract};
 pub use table::{Fallback, ModelSpec, Price, Route, RouteId, RouteTable, Target, UpstreamId};
 pub use wrr::Picker;

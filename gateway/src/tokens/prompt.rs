@@ -241,10 +241,9 @@ pub fn chat_prompt_tokens_scanned_with(
     if info.tool_definitions {
         return chat_prompt_tokens_with(enc, body, how);
     }
-    let items = crate::route::array_items(body.get(info.messages.clone()?)?)?;
     let mut n = REPLY_PRIMING;
-    for raw in items {
-        let raw = raw.ok()?;
+    for item in info.messages.as_ref()? {
+        let raw = body.get(item.clone())?;
         n += PER_MESSAGE;
         n += cache::message_tokens(enc, raw, how, || {
             let m: Obj<Message<'_>> = serde_json::from_slice(raw).ok()?;

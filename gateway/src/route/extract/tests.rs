@@ -2,34 +2,6 @@ use super::*;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
-/// Keys and value spans of a valid object's top level.
-fn top_level_spans(b: &[u8]) -> Vec<(String, std::ops::Range<usize>)> {
-    let mut s = Scanner { b, pos: 0 };
-    let mut out = Vec::new();
-    s.skip_ws();
-    assert_eq!(s.peek(), Some(b'{'));
-    s.pos += 1;
-    s.skip_ws();
-    if s.peek() == Some(b'}') {
-        return out;
-    }
-    loop {
-        s.skip_ws();
-        let key = s.string().unwrap().into_owned();
-        s.skip_ws();
-        s.pos += 1;
-        s.skip_ws();
-        let start = s.pos;
-        s.skip_value().unwrap();
-        out.push((key, start..s.pos));
-        s.skip_ws();
-        s.pos += 1;
-        if s.b[s.pos - 1] == b'}' {
-            return out;
-        }
-    }
-}
-
 fn model_of(body: &str) -> Result<String, ExtractError> {
     extract(body.as_bytes()).map(|i| i.model.into_owned())
 }
@@ -148,24 +120,75 @@ fn depth_limit() {
         model_of(&deep),
         Err(ExtractError::InvalidJson { .. })
     ));
+    // The limit sits where serde_json's does, also inside the `messages`
+    // items, which the scan walks one by one.
+    for key in ["x", "messages"] {
+        for depth in 120..=130 {
+            let body = format!(
+                r#"{{"model":"m","{key}":[{}{}]}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            let serde_ok = serde_json::from_str::<Value>(&body).is_ok();
+            assert_eq!(model_of(&body).is_ok(), serde_ok, "{key} at depth {depth}");
+        }
+    }
 }
 
 #[test]
-fn special_byte_detector_is_exact() {
-    for pos in 0..8 {
-        for byte in 0..=255u8 {
-            for fill in [b'a', b' ', b'~', 0x21] {
-                let mut w = [fill; 8];
-                w[pos] = byte;
-                let want = byte == b'"' || byte == b'\\' || !(0x20..0x80).contains(&byte);
-                assert_eq!(
-                    special_in(u64::from_le_bytes(w)),
-                    want,
-                    "byte {byte:#x} at {pos}"
-                );
+fn special_byte_finder_is_exact() {
+    // Every byte value at every position of bodies around the lane width,
+    // after plain bytes of several kinds (ASCII, non-ASCII, the borders of
+    // the control range), against a byte-by-byte reference.
+    let reference = |b: &[u8], i: usize| {
+        (i..b.len())
+            .find(|&k| b[k] == b'"' || b[k] == b'\\' || b[k] < 0x20)
+            .unwrap_or(b.len())
+    };
+    for len in [1, 7, 8, 15, 16, 17, 31, 32, 33, 40] {
+        for pos in 0..len {
+            for byte in 0..=255u8 {
+                for fill in [b'a', b' ', b'~', 0x21, 0x7f, 0x80, 0xe6, 0xff] {
+                    let mut b = vec![fill; len];
+                    b[pos] = byte;
+                    for start in [0, pos.saturating_sub(1), pos] {
+                        assert_eq!(
+                            next_special(&b, start),
+                            reference(&b, start),
+                            "byte {byte:#x} at {pos} of {len}, fill {fill:#x}, from {start}"
+                        );
+                    }
+                }
             }
         }
     }
+    // The word-at-a-time version (other targets): its lowest hit is exact.
+    for pos in 0..LANES {
+        for byte in 0..=255u8 {
+            for fill in [b'a', b' ', 0x21, 0x7f, 0x80, 0xff] {
+                let mut lane = [fill; LANES];
+                lane[pos] = byte;
+                let want = if byte == b'"' || byte == b'\\' || byte < 0x20 {
+                    pos
+                } else {
+                    LANES
+                };
+                let got = special_lanes_swar(&lane);
+                let got = if got == 0 {
+                    LANES
+                } else {
+                    got.trailing_zeros() as usize
+                };
+                assert_eq!(got, want, "byte {byte:#x} at {pos}, fill {fill:#x}");
+            }
+        }
+    }
+    // Two hits in one lane: the first is found.
+    let b = b"abc\\\"def\"ghijklmnopq";
+    assert_eq!(next_special(b, 0), 3);
+    assert_eq!(next_special(b, 0), reference(b, 0));
+    assert_eq!(next_special(b"", 0), 0);
+    assert_eq!(next_special(b"abc", 3), 3);
 }
 
 #[test]
@@ -311,27 +334,21 @@ proptest! {
                 prop_assert_eq!(token.as_str(), Some(s.as_str()));
                 prop_assert_eq!(info.stream, parsed.get("stream") == Some(&Value::Bool(true)));
                 prop_assert_eq!(text.as_bytes()[info.object_end], b'}');
-                let messages = info.messages.clone().map(|r| serde_json::from_str::<Value>(&text[r]).unwrap());
-                prop_assert_eq!(messages.as_ref(), parsed.get("messages"));
+                // The items of `messages`, as the scan delimited them.
+                let items = info.messages.as_ref().map(|items| {
+                    items
+                        .iter()
+                        .map(|r| serde_json::from_str::<Value>(&text[r.clone()]).unwrap())
+                        .collect::<Vec<_>>()
+                });
+                match parsed.get("messages") {
+                    Some(Value::Array(want)) => prop_assert_eq!(items.as_ref(), Some(want)),
+                    _ => prop_assert!(items.is_none()),
+                }
                 prop_assert_eq!(
                     info.tool_definitions,
                     parsed.get("tools").is_some() || parsed.get("functions").is_some()
                 );
-                // Every array value's items, as the item iterator sees them.
-                for (k, span) in top_level_spans(text.as_bytes()) {
-                    let v = &parsed[k.as_str()];
-                    let items = array_items(&text.as_bytes()[span]);
-                    match v {
-                        Value::Array(want) => {
-                            let got: Vec<Value> = items
-                                .unwrap()
-                                .map(|i| serde_json::from_slice(i.unwrap()).unwrap())
-                                .collect();
-                            prop_assert_eq!(&got, want);
-                        }
-                        _ => prop_assert!(items.is_none()),
-                    }
-                }
             }
             Some(_) => prop_assert_eq!(got, Err(ExtractError::ModelNotString)),
             None => prop_assert_eq!(got, Err(ExtractError::MissingModel)),
