@@ -218,6 +218,20 @@ pub fn extract(body: &[u8]) -> Result<BodyInfo<'_>, ExtractError> {
     }
 }
 
+/// End of the JSON value that starts at `at`, validated as the scanner
+/// validates a skipped value (grammar, escapes, nesting) except for UTF-8
+/// inside its strings, which the caller checks or, like serde_json for
+/// ignored values, does not need; `None` when it is not one valid value.
+pub(crate) fn value_end(b: &[u8], at: usize) -> Option<usize> {
+    let mut s = Scanner {
+        b,
+        text: "",
+        pos: at,
+    };
+    s.skip_value().ok()?;
+    Some(s.pos)
+}
+
 struct Scanner<'a> {
     b: &'a [u8],
     /// `b` as text, once checked; string values are sliced from it.

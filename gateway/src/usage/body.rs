@@ -13,6 +13,10 @@
 //! - what follows its value closes exactly one object and then the body:
 //!   the key is a member of the top-level object, not of a nested one.
 //!
+//! The usage object itself is read by hand when it has the usual shape
+//! (plain keys, the two counts as JSON integers, other members skipped as
+//! validated values), and by serde otherwise.
+//!
 //! Anything else (no such key, a nested one, a value that is not an object
 //! or `null`, a key spelled with `\u` escapes) falls back to the full
 //! parse, which stays the reference. The one difference: a body with two
@@ -26,7 +30,7 @@ use memchr::memmem;
 use crate::json_bytes::{quote_escaped, skip_ws, string_end};
 use crate::sse::Usage;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Default)]
 struct Fields {
     #[serde(default)]
     prompt_tokens: u64,
@@ -81,13 +85,97 @@ fn from_the_end(body: &[u8]) -> Option<Option<Usage>> {
     let (usage, end) = if body[i..].starts_with(b"null") {
         (None, i + 4)
     } else if body.get(i) == Some(&b'{') {
-        let mut values = serde_json::Deserializer::from_slice(&body[i..]).into_iter::<Fields>();
-        let fields = values.next()?.ok()?;
-        (Some(Usage::from(fields)), i + values.byte_offset())
+        let (fields, len) = match usage_object(&body[i..]) {
+            Some(read) => read,
+            None => {
+                let mut values =
+                    serde_json::Deserializer::from_slice(&body[i..]).into_iter::<Fields>();
+                let fields = values.next()?.ok()?;
+                (fields, values.byte_offset())
+            }
+        };
+        (Some(Usage::from(fields)), i + len)
     } else {
         return None;
     };
     closes_top_level(&body[end..]).then_some(usage)
+}
+
+/// The usage object at the start of `t` (which holds `{`) and its length,
+/// read as serde reads [`Fields`], for the usual shape; `None` for
+/// anything else (escaped or non-ASCII keys, a count that is not a plain
+/// JSON integer that fits a u64, a duplicate count, invalid JSON), which
+/// serde then answers.
+fn usage_object(t: &[u8]) -> Option<(Fields, usize)> {
+    let mut prompt = None;
+    let mut completion = None;
+    let mut i = skip_ws(t, 1);
+    if t.get(i) == Some(&b'}') {
+        return Some((Fields::default(), i + 1));
+    }
+    loop {
+        if t.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (end, escaped) = string_end(t, i)?;
+        let key = &t[i + 1..end];
+        if escaped || !key.iter().all(|c| (0x20..0x80).contains(c)) {
+            return None;
+        }
+        i = skip_ws(t, end + 1);
+        if t.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(t, i + 1);
+        let count = match key {
+            b"prompt_tokens" => Some(&mut prompt),
+            b"completion_tokens" => Some(&mut completion),
+            _ => None,
+        };
+        i = match count {
+            // serde refuses a duplicate field.
+            Some(Some(_)) => return None,
+            Some(slot) => {
+                let (n, after) = json_u64(t, i)?;
+                *slot = Some(n);
+                after
+            }
+            None => crate::route::extract::value_end(t, i)?,
+        };
+        i = skip_ws(t, i);
+        match t.get(i) {
+            Some(b',') => i = skip_ws(t, i + 1),
+            Some(b'}') => {
+                let fields = Fields {
+                    prompt_tokens: prompt.unwrap_or(0),
+                    completion_tokens: completion.unwrap_or(0),
+                };
+                return Some((fields, i + 1));
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The JSON integer at `t[at..]` and the index after it, when it is one
+/// that fits a u64 (no sign, fraction or exponent; no leading zero).
+fn json_u64(t: &[u8], at: usize) -> Option<(u64, usize)> {
+    let digits = t
+        .get(at..)?
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    let end = at + digits;
+    if digits == 0 || (digits > 1 && t[at] == b'0') {
+        return None;
+    }
+    if matches!(t.get(end), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    let n = t[at..end].iter().try_fold(0u64, |n, &c| {
+        n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+    })?;
+    Some((n, end))
 }
 
 /// `rest` (what follows a member's value) closes the object the member is
@@ -180,7 +268,73 @@ mod tests {
         })
     }
 
+    fn member_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => any::<u64>().prop_map(|n| n.to_string()),
+            4 => (0u64..1000).prop_map(|n| n.to_string()),
+            1 => Just("18446744073709551616".to_string()),
+            1 => Just("01".to_string()),
+            1 => Just("1.0".to_string()),
+            1 => Just("2e3".to_string()),
+            1 => Just("-1".to_string()),
+            1 => Just("null".to_string()),
+            1 => Just("\"7\"".to_string()),
+            1 => Just("{\"cached_tokens\":0,\"audio_tokens\":0}".to_string()),
+            1 => Just("[1,2,]".to_string()),
+            1 => Just("{\"a\":}".to_string()),
+            1 => value().prop_map(|v| v.to_string()),
+        ]
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        /// The hand reader of the usage object agrees with serde's: when
+        /// it answers, it answers what serde does, to the same length.
+        #[test]
+        fn usage_object_agrees_with_serde(
+            members in proptest::collection::vec((
+                prop_oneof![
+                    4 => Just("prompt_tokens"),
+                    4 => Just("completion_tokens"),
+                    2 => Just("total_tokens"),
+                    1 => Just("prompt_tokens_details"),
+                    1 => Just("prompt\\u005ftokens"),
+                    1 => Just("x\u{1}"),
+                    1 => Just("é"),
+                ],
+                member_value(),
+            ), 0..5),
+            ws in proptest::collection::vec(prop_oneof![Just(""), Just(" "), Just("\n  ")], 4),
+            tail in prop_oneof![Just(""), Just("}"), Just(",\"x\":1}"), Just(" ]")],
+        ) {
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!("{}\"{k}\"{}:{}{v}{}", ws[0], ws[1], ws[2], ws[3]))
+                .collect();
+            let text = format!("{{{}}}{tail}", body.join(","));
+            let t = text.as_bytes();
+            let mut values = serde_json::Deserializer::from_slice(t).into_iter::<Fields>();
+            let reference = match values.next() {
+                Some(Ok(f)) => Some((f.prompt_tokens, f.completion_tokens, values.byte_offset())),
+                _ => None,
+            };
+            if let Some((f, len)) = usage_object(t) {
+                prop_assert_eq!(Some((f.prompt_tokens, f.completion_tokens, len)), reference, "{}", text);
+            }
+            // The usual shape is read by hand, not left to serde.
+            let plain = members.iter().all(|(k, v)| {
+                k.is_ascii() && !k.contains('\\') && !k.contains('\u{1}')
+                    && (!k.ends_with("_tokens") || k.starts_with("total") || v.parse::<u64>().is_ok_and(|n| n.to_string() == *v))
+                    && serde_json::from_str::<serde_json::Value>(v).is_ok()
+            });
+            let counts: Vec<_> = members.iter().map(|(k, _)| *k).filter(|k| *k == "prompt_tokens" || *k == "completion_tokens").collect();
+            let unique = counts.iter().collect::<std::collections::HashSet<_>>().len() == counts.len();
+            if plain && unique {
+                prop_assert!(usage_object(t).is_some(), "{}", text);
+            }
+        }
+
         /// The fast path never disagrees with the full parse: when it
         /// answers, it answers what serde does.
         #[test]
