@@ -85,9 +85,11 @@ impl RequestHead {
 /// Parses a head from the start of `buf`. `Ok(None)` means more bytes
 /// are needed; the caller enforces the size limit.
 pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, Error> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut raw);
-    let len = match req.parse(buf) {
+    // Left uninitialised: httparse writes only the slots it fills, so a
+    // parse does not first clear 3 KiB of header slots.
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut raw) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {

@@ -53,18 +53,36 @@ pub fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Appends a decimal number without allocating.
-pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(Digits::new(n).as_bytes());
+}
+
+/// A u64 in decimal, formatted on the stack (a header value that needs
+/// no allocation).
+pub struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    /// Formats `n`.
+    pub fn new(mut n: u64) -> Digits {
+        let mut buf = [0u8; 20];
+        let mut start = buf.len();
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return Digits { buf, start };
+            }
         }
     }
-    out.extend_from_slice(&tmp[i..]);
+
+    /// The digits.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 /// Per-response fields of a response the gateway produces itself.

@@ -379,7 +379,7 @@ pub async fn handle(
         .map_or(0, |pr| pr.micros(tally.prompt.0, tally.completion.0));
     admission.settle(tally.prompt.0 + tally.completion.0, cost_micros, wall_ms());
     let rec = UsageRecord {
-        request_id: String::from_utf8_lossy(rid).into_owned(),
+        request_id: id_text(rid).into_owned(),
         key_id: key.as_ref().map(|k| k.id.clone()),
         tenant: key.as_ref().map(|k| k.tenant.id.clone()),
         cost_micros,
@@ -617,7 +617,7 @@ fn prepare(
         stream,
         prompt_estimate,
         ep == Endpoint::ChatCompletions,
-        Arc::from(String::from_utf8_lossy(rid).as_ref()),
+        Arc::from(id_text(rid).as_ref()),
         served.clone(),
     );
     Ok((
@@ -631,6 +631,16 @@ fn prepare(
         },
         acct,
     ))
+}
+
+/// A request id as text. Ids are ASCII in practice: std's `from_utf8`
+/// takes them in one fast pass, where `from_utf8_lossy` walks them in
+/// chunks.
+fn id_text(rid: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(rid) {
+        Ok(id) => std::borrow::Cow::Borrowed(id),
+        Err(_) => String::from_utf8_lossy(rid),
+    }
 }
 
 /// The encoding that counts tokens for a route's served model.

@@ -28,7 +28,7 @@ use super::worker::Worker;
 use crate::error::{Error, Kind};
 use crate::failover::{Class, Outcome};
 use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, begin_chunk, encode_chunk, end_chunk};
-use crate::http::response::push_u64;
+use crate::http::response::Digits;
 use crate::upstream::response::{self, Added, ClientFraming, Framing, ResponseHead};
 use crate::upstream::{Take, UpConn};
 
@@ -292,25 +292,27 @@ pub async fn relay(
     let rewrite = acct.start(status, p.strip_usage, p.add_usage);
 
     let mut out = Vec::with_capacity(1024 + buf.len());
-    let mut prompt_value = Vec::new();
-    if let Some(n) = acct.prompt_estimate() {
-        push_u64(&mut prompt_value, n);
-    }
-    let mut attempts_value = Vec::new();
-    push_u64(&mut attempts_value, u64::from(at.number));
-    let mut added_headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(4);
-    added_headers.push((b"x-tollgate-attempts", &attempts_value));
+    let prompt_value = acct.prompt_estimate().map(Digits::new);
+    let attempts_value = Digits::new(u64::from(at.number));
+    // At most four headers of the gateway's own, on the stack.
+    let mut route_headers: [(&[u8], &[u8]); 4] = [(&[], &[]); 4];
+    let mut n = 0;
+    let mut add = |name: &'static [u8], value| {
+        route_headers[n] = (name, value);
+        n += 1;
+    };
+    add(b"x-tollgate-attempts", attempts_value.as_bytes());
     if w.cfg().server.expose_route_headers {
-        added_headers.push((b"x-tollgate-upstream", cfg.name.as_bytes()));
-        added_headers.push((b"x-tollgate-model", p.served.as_bytes()));
+        add(b"x-tollgate-upstream", cfg.name.as_bytes());
+        add(b"x-tollgate-model", p.served.as_bytes());
     }
-    if !prompt_value.is_empty() {
-        added_headers.push((b"x-tollgate-prompt-tokens", &prompt_value));
+    if let Some(v) = &prompt_value {
+        add(b"x-tollgate-prompt-tokens", v.as_bytes());
     }
-    added_headers.extend(at.headers.iter().map(|(n, v)| (*n, v.as_slice())));
     let added = Added {
         request_id: rid,
-        route: &added_headers,
+        route: &route_headers[..n],
+        extra: at.headers,
         close: close_after,
         rechunk: rewrite,
     };

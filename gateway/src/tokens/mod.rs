@@ -93,7 +93,11 @@ impl Encoding {
     /// cl100k_base, the documented default; set `tokenizer` per model in
     /// the config to override.
     pub fn for_model(model: &str) -> Encoding {
-        let name = model.rsplit('/').next().unwrap_or(model);
+        // After the last `/` (a byte scan: `rsplit` runs a char searcher).
+        let name = match model.bytes().rposition(|b| b == b'/') {
+            Some(slash) => &model[slash + 1..],
+            None => model,
+        };
         let name = name.strip_prefix("ft:").unwrap_or(name);
         let family = |p: &&str| {
             name.strip_prefix(*p)

@@ -41,9 +41,12 @@ pub struct ResponseHead {
 
 /// Parses a response head; `Ok(None)` means more bytes are needed.
 pub fn parse(buf: &[u8]) -> Result<Option<ResponseHead>, Error> {
-    let mut raw = [httparse::EMPTY_HEADER; 128];
-    let mut resp = httparse::Response::new(&mut raw);
-    let len = match resp.parse(buf) {
+    // Left uninitialised: httparse writes only the slots it fills.
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut raw)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => {
@@ -158,8 +161,10 @@ pub enum ClientFraming {
 pub struct Added<'a> {
     /// Request id.
     pub request_id: &'a [u8],
-    /// (name, value) route headers, empty when not exposed.
+    /// (name, value) headers of the gateway's own (attempts, route).
     pub route: &'a [(&'a [u8], &'a [u8])],
+    /// More (name, value) headers (the limits' `x-ratelimit-*`).
+    pub extra: &'a [(&'static [u8], Vec<u8>)],
     /// The client connection ends after this response.
     pub close: bool,
     /// The body will be rewritten: drop the upstream length/framing.
@@ -218,6 +223,9 @@ pub fn client_head(
     for (n, v) in added.route {
         header(out, n, v);
     }
+    for (n, v) in added.extra {
+        header(out, n, v);
+    }
     if added.close || matches!(framing, ClientFraming::Dechunk | ClientFraming::Close) {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -258,6 +266,7 @@ mod tests {
         let added = Added {
             request_id: b"rid",
             route: &[(b"x-tollgate-upstream", b"mock")],
+            extra: &[],
             close: false,
             rechunk: false,
         };

@@ -23,10 +23,6 @@
 //! top-level `usage` members gets the last one here, where serde refuses
 //! the duplicate (and the answer would have no usage).
 
-use std::sync::LazyLock;
-
-use memchr::memmem;
-
 use crate::json_bytes::{quote_escaped, skip_ws, string_end};
 use crate::sse::Usage;
 
@@ -71,9 +67,12 @@ fn full_parse(body: &[u8]) -> Option<Usage> {
 /// member; `None` when unsure.
 fn from_the_end(body: &[u8]) -> Option<Option<Usage>> {
     const KEY: &[u8] = b"\"usage\"";
-    static FINDER: LazyLock<memmem::FinderRev<'static>> =
-        LazyLock::new(|| memmem::FinderRev::new(KEY));
-    let at = FINDER.rfind(body)?;
+    // The last `"usage"`, found from its `u` (SIMD `memrchr`); the key
+    // sits near the end, so this stops after a few candidates where a
+    // reverse substring search pays its set-up on every answer.
+    let at = memchr::memrchr_iter(b'u', body)
+        .find(|&u| u > 0 && body[u - 1] == b'"' && body[u..].starts_with(&KEY[1..]))?
+        - 1;
     if quote_escaped(body, at) {
         return None;
     }
@@ -117,11 +116,17 @@ fn usage_object(t: &[u8]) -> Option<(Fields, usize)> {
         if t.get(i) != Some(&b'"') {
             return None;
         }
-        let (end, escaped) = string_end(t, i)?;
-        let key = &t[i + 1..end];
-        if escaped || !key.iter().all(|c| (0x20..0x80).contains(c)) {
+        // Keys are short: a byte loop, not a search call. Anything but
+        // printable ASCII before the closing quote (an escape included)
+        // is left to serde.
+        let len = t[i + 1..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))?;
+        let end = i + 1 + len;
+        if t[end] != b'"' {
             return None;
         }
+        let key = &t[i + 1..end];
         i = skip_ws(t, end + 1);
         if t.get(i) != Some(&b':') {
             return None;
