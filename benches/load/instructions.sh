@@ -15,8 +15,15 @@
 # instrumentation on, drive DURATION (default 3 s) of wrk load at 8
 # connections, dump, and divide the instructions (every thread of the
 # process) by the requests wrk completed. Output per system: requests,
-# instructions, instructions per request, and the profile file for
-# `callgrind_annotate --inclusive=yes FILE`.
+# instructions, instructions per request, the connection task's share
+# per request (tollgate builds: the request path alone, without the
+# runtime's idle turns, timers and the ledger thread), and the profile
+# file for `callgrind_annotate --inclusive=yes FILE`.
+#
+# The whole-process figure moves by up to ±4% between runs of one build
+# (how many requests each event-loop turn carries depends on timing);
+# the request path's repeats to ~0.1%: compare that one for small
+# changes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mode=${1:-}; shift || true
@@ -53,7 +60,7 @@ post() { curl -s -o /dev/null -X POST -d '{"model":"gpt-4o-mini","messages":[]}'
 ready() { for _ in $(seq 1200); do post "$1" && return 0; sleep 0.1; done; echo "$1 never answered" >&2; exit 1; }
 load() { WRK_STREAM=$stream wrk -t1 -c8 -d"$1" --timeout 10s -s benches/load/chat.lua "http://$SUT/v1/chat/completions"; }
 ready $MOCK
-printf '%-10s %9s %14s %10s  %s\n' system requests instructions per_req profile
+printf '%-10s %9s %14s %10s %10s  %s\n' system requests instructions per_req path_req profile
 for v in "$@"; do
   IFS=: read -r name bin <<< "$v"
   if [ "$name" = floor ]; then cmd=(target/release/floor $SUT $MOCK)
@@ -74,5 +81,9 @@ for v in "$@"; do
   f=$(ls -t "$out".* | head -1)
   ir=$(awk '/^summary:/{print $2}' "$f")
   # The two nudges are requests too.
-  printf '%-10s %9d %14d %10d  %s\n' "$name" $((n + 2)) "$ir" $((ir / (n + 2))) "$f"
+  n=$((n + 2))
+  path=$(callgrind_annotate --inclusive=yes "$f" 2>/dev/null \
+    | awk -v n=$n '!done && /server\/conn.rs:tollgate::server::conn::serve::\{\{closure\}\}/ {
+        gsub(",", "", $1); printf "%d", $1 / n; done = 1 }')
+  printf '%-10s %9d %14d %10d %10s  %s\n' "$name" $n "$ir" $((ir / n)) "${path:--}" "$f"
 done

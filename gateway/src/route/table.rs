@@ -147,7 +147,10 @@ impl Price {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    exact: HashMap<Box<str>, RouteId>,
+    /// Looked up once per request with the client's model name. foldhash,
+    /// seeded per table: SipHash cost a third of the lookup, and the keys
+    /// are the config's names (a client only looks up, never inserts).
+    exact: HashMap<Box<str>, RouteId, foldhash::fast::RandomState>,
     /// Sorted most specific first.
     globs: Vec<(Glob, RouteId)>,
 }

@@ -575,7 +575,8 @@ fn prepare(
         (None, true) => Arc::from(info.model.as_ref()),
     };
     let token = (*served != *info.model).then(|| json_string(&served));
-    let mut edits: Vec<Edit<'_>> = Vec::with_capacity(2);
+    // Empty (no allocation) unless the body is rewritten.
+    let mut edits: Vec<Edit<'_>> = Vec::new();
     if let Some(t) = &token {
         edits.push(Edit {
             range: info.model_span.clone(),
