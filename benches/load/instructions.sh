@@ -26,6 +26,7 @@
 # changes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/load/config.sh
 mode=${1:-}; shift || true
 [ "$mode" = json ] || [ "$mode" = sse ] && [ $# -ge 1 ] || { sed -n '2,19p' "$0" >&2; exit 2; }
 stream=0; [ "$mode" = sse ] && stream=1
@@ -41,21 +42,7 @@ cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 target/release/tollgate mock --listen $MOCK --workers 1 \
   --pin-cpu $(( cores > 1 ? cores - 1 : 0 )) 2>"$dir/mock.log" & pids+=($!)
-cat > "$dir/tg.toml" <<CFG
-[server]
-listen = "$SUT"
-workers = 1
-[log]
-level = "warn"
-access = false
-[[upstreams]]
-name = "mock"
-base_url = "http://$MOCK/v1"
-max_idle = 256
-[[models]]
-name = "gpt-4o-mini"
-targets = [{ upstream = "mock" }]
-CFG
+tollgate_config "$dir/tg.toml" "$SUT" "$MOCK"
 post() { curl -s -o /dev/null -X POST -d '{"model":"gpt-4o-mini","messages":[]}' "http://$1/v1/chat/completions"; }
 ready() { for _ in $(seq 1200); do post "$1" && return 0; sleep 0.1; done; echo "$1 never answered" >&2; exit 1; }
 load() { WRK_STREAM=$stream wrk -t1 -c8 -d"$1" --timeout 10s -s benches/load/chat.lua "http://$SUT/v1/chat/completions"; }

@@ -8,6 +8,7 @@
 #   benches/load/quick.sh [reps=3] [duration=8s] [connections=64] [workers=1]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/load/config.sh
 reps=${1:-3}; dur=${2:-8s}; conns=${3:-64}; workers=${4:-1}
 bin=target/release/tollgate
 [ -x "$bin" ] || cargo build --release -p tollgate --bin tollgate
@@ -25,20 +26,7 @@ trap cleanup EXIT
 cores=$(nproc)
 pin=$(( cores > 1 ? cores - 1 : 0 ))
 $bin mock --listen $MOCK --workers 1 --pin-cpu $pin 2>"$dir/mock.log" & pids+=($!)
-cat > "$dir/tollgate.toml" <<CFG
-[server]
-listen = "$TG"
-workers = $workers
-[log]
-level = "warn"
-access = false
-[[upstreams]]
-name = "mock"
-base_url = "http://$MOCK/v1"
-[[models]]
-name = "gpt-4o-mini"
-targets = [{ upstream = "mock" }]
-CFG
+tollgate_config "$dir/tollgate.toml" "$TG" "$MOCK" "$workers"
 $bin serve --config "$dir/tollgate.toml" 2>"$dir/tollgate.log" & tg_pid=$!; pids+=($tg_pid)
 # The same gateway with token accounting reduced to what the provider
 # reports (no prompt estimate, no usage injection): the cost of counting.

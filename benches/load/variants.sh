@@ -25,6 +25,7 @@
 #     benches/load/variants.sh 3 5s "json sse" -- cur::
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/load/config.sh
 [ $# -ge 5 ] && [ "$4" = "--" ] || { sed -n '2,25p' "$0" >&2; exit 2; }
 reps=$1; dur=$2; modes=$3; shift 4
 bin=target/release/tollgate
@@ -47,22 +48,7 @@ port=19300
 for v in "$@"; do
   IFS=: read -r name vbin extra <<< "$v"
   vbin=${vbin:-$bin}; port=$((port + 1))
-  cat > "$dir/$name.toml" <<CFG
-[server]
-listen = "127.0.0.1:$port"
-workers = 1
-${extra//;/$'\n'}
-[log]
-level = "warn"
-access = false
-[[upstreams]]
-name = "mock"
-base_url = "http://$MOCK/v1"
-max_idle = 256
-[[models]]
-name = "gpt-4o-mini"
-targets = [{ upstream = "mock" }]
-CFG
+  tollgate_config "$dir/$name.toml" "127.0.0.1:$port" "$MOCK" 1 "$extra"
   "$vbin" serve --config "$dir/$name.toml" 2>"$dir/$name.log" & p=$!
   pids+=($p); names+=("$name"); addrs+=("127.0.0.1:$port"); sut+=("$p")
 done

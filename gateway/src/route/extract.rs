@@ -14,9 +14,9 @@
 //! Invariants:
 //! - The whole body is validated as JSON (RFC 8259): UTF-8, grammar,
 //!   escapes, numbers, nesting below [`MAX_DEPTH`] (where serde_json's
-//!   default recursion limit stops). Invalid JSON is an error even when a model was found
-//!   before the fault, so the gateway never forwards a body that the
-//!   upstream would parse differently.
+//!   default recursion limit stops). Invalid JSON is an error even when a
+//!   model was found before the fault, so the gateway never forwards a
+//!   body that the upstream would parse differently.
 //! - Only keys of the top-level object count; `model` keys inside
 //!   `messages`, `tools` or any nested value are never taken.
 //! - Key names are compared after unescaping (`"mod\u0065l"` is `model`),
