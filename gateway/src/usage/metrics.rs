@@ -45,7 +45,10 @@ impl ModelCounters {
 /// Process-wide token totals; also a [`UsageSink`].
 #[derive(Debug, Default)]
 pub struct TokenMetrics {
-    models: RwLock<HashMap<Arc<str>, Arc<ModelCounters>>>,
+    /// Looked up once per request. foldhash, seeded per map: SipHash was
+    /// most of the lookup; the names a client can add are capped at
+    /// [`MAX_MODELS`], so a flood of crafted names cannot grow it.
+    models: RwLock<HashMap<Arc<str>, Arc<ModelCounters>, foldhash::fast::RandomState>>,
 }
 
 impl TokenMetrics {
