@@ -154,7 +154,7 @@ fn access_log(
         let tcp = w.shared.health.tcp(route.tcp_port);
         tracing::info!(
             target: "tollgate::access",
-            request_id = %String::from_utf8_lossy(rid),
+            request_id = %proxy::id_text(rid),
             path,
             status,
             model = route.model.as_str(),

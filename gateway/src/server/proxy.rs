@@ -319,7 +319,7 @@ pub async fn handle(
                 let to = &table.route(n.route);
                 tracing::warn!(
                     target: "tollgate::failover",
-                    request_id = %String::from_utf8_lossy(rid),
+                    request_id = %id_text(rid),
                     model = log.model.as_str(),
                     upstream = &*upstream,
                     served = &*served,
@@ -437,7 +437,7 @@ fn breaker_log(w: &Worker, pick: Pick, t: Transition, rid: &[u8]) {
             upstream = &**upstream,
             target_model = target.model.as_deref().unwrap_or("-"),
             break_ms = d.as_millis() as u64,
-            request_id = %String::from_utf8_lossy(rid),
+            request_id = %id_text(rid),
             "circuit breaker opened"
         ),
         Transition::Closed => tracing::info!(
@@ -445,7 +445,7 @@ fn breaker_log(w: &Worker, pick: Pick, t: Transition, rid: &[u8]) {
             model = &*route.name,
             upstream = &**upstream,
             target_model = target.model.as_deref().unwrap_or("-"),
-            request_id = %String::from_utf8_lossy(rid),
+            request_id = %id_text(rid),
             "circuit breaker closed"
         ),
     }
@@ -637,7 +637,7 @@ fn prepare(
 /// A request id as text. Ids are ASCII in practice: std's `from_utf8`
 /// takes them in one fast pass, where `from_utf8_lossy` walks them in
 /// chunks.
-fn id_text(rid: &[u8]) -> std::borrow::Cow<'_, str> {
+pub(super) fn id_text(rid: &[u8]) -> std::borrow::Cow<'_, str> {
     match std::str::from_utf8(rid) {
         Ok(id) => std::borrow::Cow::Borrowed(id),
         Err(_) => String::from_utf8_lossy(rid),
