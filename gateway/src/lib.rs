@@ -4,6 +4,7 @@
 //! body, OpenAI-compatible errors, and a built-in mock provider. See
 //! `ARCHITECTURE.md` at the repository root for the data path.
 
+pub mod alloc;
 pub mod auth;
 pub mod config;
 pub mod error;

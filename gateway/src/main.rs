@@ -181,4 +181,4 @@ fn run_mock(a: MockArgs) -> anyhow::Result<()> {
 }
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tollgate::alloc::Allocator = tollgate::alloc::Allocator;
