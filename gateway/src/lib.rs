@@ -20,6 +20,7 @@ pub mod server;
 pub mod sse;
 pub mod store_link;
 mod sys;
+pub mod text;
 pub mod telemetry;
 pub mod tokens;
 pub mod upstream;

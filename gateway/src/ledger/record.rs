@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::Text;
 use crate::usage::{Source, UsageRecord};
 
 /// Tenant of records without one (no auth configured).
@@ -21,13 +22,13 @@ pub const NO_TENANT: &str = "-";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rec {
     /// Request id (the idempotency of audit entries rests on the batch).
-    pub request_id: Box<str>,
+    pub request_id: Text,
     /// Key id, `-` when none.
     pub key_id: Option<Arc<str>>,
     /// Tenant, `-` when none.
     pub tenant: Option<Arc<str>>,
     /// Model the client asked for.
-    pub model: Box<str>,
+    pub model: Text,
     /// Model sent upstream; counters are kept per served model.
     pub served: Arc<str>,
     /// Upstream name.
@@ -54,10 +55,10 @@ impl Rec {
         let est = u8::from(r.prompt_source == Source::Estimated)
             | (u8::from(r.completion_source == Source::Estimated) << 1);
         Rec {
-            request_id: r.request_id.as_str().into(),
+            request_id: r.request_id.clone(),
             key_id: r.key_id.clone(),
             tenant: r.tenant.clone(),
-            model: r.requested_model.as_str().into(),
+            model: r.requested_model.clone(),
             served: r.served_model.clone(),
             upstream: r.upstream.clone(),
             prompt: r.prompt_tokens,

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::sse::deferred::DeferredText;
 use crate::sse::{Decoded, Scanner, Usage};
+use crate::text::Text;
 use crate::tokens::Encoding;
 use crate::usage::Source;
 
@@ -78,7 +79,7 @@ pub struct Accountant {
     status: Option<u16>,
     /// For a synthesised usage chunk.
     chunk_object: &'static str,
-    request_id: Arc<str>,
+    request_id: Text,
     served: Arc<str>,
 }
 
@@ -89,7 +90,7 @@ impl Accountant {
         stream: bool,
         prompt_estimate: Option<u64>,
         chat: bool,
-        request_id: Arc<str>,
+        request_id: Text,
         served: Arc<str>,
     ) -> Self {
         Accountant {
@@ -465,7 +466,7 @@ mod tests {
             true,
             Some(7),
             true,
-            Arc::from("rid"),
+            Text::new("rid"),
             Arc::from("m"),
         );
         assert!(a.start(200, strip, add));

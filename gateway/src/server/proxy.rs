@@ -30,6 +30,7 @@ use crate::failover::{Class, Effect, Outcome, Transition, now_ms};
 use crate::http::RequestHead;
 use crate::limits::period::wall_ms;
 use crate::limits::{Admission, Demand, Kind as LimitKind, Refusal, Refused};
+use crate::text::Text;
 use crate::route::rewrite::{Edit, StreamUsage, json_string, splice, stream_usage};
 use crate::route::{BodyInfo, ExtractError, RouteId, UpstreamId, extract};
 use crate::tokens::Encoding;
@@ -90,8 +91,11 @@ pub enum Done {
 /// What the access log says about the route.
 #[derive(Debug, Default)]
 pub struct RouteLog {
+    /// The request id as text (what the usage record and a synthesised
+    /// usage chunk carry), made once per request.
+    pub id: Text,
     /// Requested model.
-    pub model: String,
+    pub model: Text,
     /// Upstream name.
     pub upstream: Option<Arc<str>>,
     /// Time to the upstream response head.
@@ -149,6 +153,7 @@ pub async fn handle(
     log: &mut RouteLog,
 ) -> Handled {
     let table = &w.cfg().routes;
+    log.id = Text::new(&id_text(rid));
     let key = match w.shared.auth.authenticate(cin.buf(), &head.headers) {
         Ok(k) => k,
         Err(e) => {
@@ -379,7 +384,7 @@ pub async fn handle(
         .map_or(0, |pr| pr.micros(tally.prompt.0, tally.completion.0));
     admission.settle(tally.prompt.0 + tally.completion.0, cost_micros, wall_ms());
     let rec = UsageRecord {
-        request_id: id_text(rid).into_owned(),
+        request_id: log.id.clone(),
         key_id: key.as_ref().map(|k| k.id.clone()),
         tenant: key.as_ref().map(|k| k.tenant.id.clone()),
         cost_micros,
@@ -528,7 +533,7 @@ fn per_minute(k: LimitKind) -> &'static str {
 
 /// Finds the route of the body's model and the balancer's first pick.
 fn route(w: &Worker, info: &BodyInfo<'_>, log: &mut RouteLog) -> Result<(RouteId, usize), Error> {
-    log.model.push_str(&info.model);
+    log.model = Text::new(&info.model);
     let table = &w.cfg().routes;
     let Some(route_id) = table.lookup(&info.model) else {
         return Err(Error::msg(
@@ -618,7 +623,7 @@ fn prepare(
         stream,
         prompt_estimate,
         ep == Endpoint::ChatCompletions,
-        Arc::from(id_text(rid).as_ref()),
+        log.id.clone(),
         served.clone(),
     );
     Ok((

@@ -14,6 +14,8 @@ pub mod metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::text::Text;
+
 pub use metrics::TokenMetrics;
 
 /// Where a token count came from.
@@ -39,13 +41,13 @@ impl Source {
 #[derive(Debug, Clone)]
 pub struct UsageRecord {
     /// Request id.
-    pub request_id: String,
+    pub request_id: Text,
     /// Key id, when auth knows it.
     pub key_id: Option<Arc<str>>,
     /// Tenant, when auth knows it.
     pub tenant: Option<Arc<str>>,
     /// Model the client asked for.
-    pub requested_model: String,
+    pub requested_model: Text,
     /// Model sent upstream.
     pub served_model: Arc<str>,
     /// Upstream name.
