@@ -23,7 +23,10 @@ pub struct Text(Repr);
 #[derive(Clone)]
 enum Repr {
     /// `bytes[..len]` is valid UTF-8, copied from a `&str`.
-    Inline { len: u8, bytes: [u8; INLINE] },
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE],
+    },
     Heap(Box<str>),
 }
 

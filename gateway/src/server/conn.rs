@@ -5,16 +5,15 @@
 //! error response (the stream position is unknown); errors after it keep
 //! the connection.
 
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncWriteRentExt, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
-use monoio::time::Sleep;
 
 use super::client::ClientIn;
 use super::local;
 use super::proxy::{self, Endpoint};
+use super::timer::ConnTimer;
 use super::worker::Worker;
 use crate::config::Limits;
 use crate::error::{Error, Kind};
@@ -32,11 +31,8 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
     // Only local answers and errors use it: allocated on first use, so an
     // idle keep-alive connection holds just its read buffer.
     let mut out: Vec<u8> = Vec::new();
-    // The timer of every wait for a head, on the heap: a monoio timer is
-    // 640 bytes aligned to 128, and inline it would make the whole task
-    // that aligned (and padded) for one wait. Made on first use, reset
-    // for each wait, freed while the connection is parked.
-    let mut timer: Timer = None;
+    // The timer of every wait with a deadline (server/timer.rs).
+    let mut timer = ConnTimer::default();
     loop {
         let (head, started) = match read_head(w, &mut cin, &mut timer).await {
             Ok(Some(h)) => h,
@@ -47,12 +43,18 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
                 return;
             }
         };
+        // The client's id is copied (its bytes leave the buffer with the
+        // request); a generated one stays on the stack.
+        let theirs: Vec<u8>;
         let generated;
-        let rid: Vec<u8> = match &head.request_id {
-            Some(r) => cin.buf()[r.clone()].to_vec(),
+        let rid: &[u8] = match &head.request_id {
+            Some(r) => {
+                theirs = cin.buf()[r.clone()].to_vec();
+                &theirs
+            }
             None => {
                 generated = w.next_request_id();
-                generated.to_vec()
+                &generated
             }
         };
         let keep_alive = head.keep_alive && !w.drain.is_raised();
@@ -74,7 +76,7 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
             // 2.2 KB with the body read and the timer inline, several KB
             // with the proxy inline). One allocation per request.
             Box::pin(async {
-                let body = read_body(w, &mut cin, &mut wr, &head)
+                let body = read_body(w, &mut cin, &mut wr, &head, &mut timer)
                     .await
                     .map_err(|e| (e, true))?;
                 proxy::handle(
@@ -84,10 +86,11 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
                     &head,
                     body,
                     ep,
-                    &rid,
+                    rid,
                     keep_alive,
                     started,
                     &mut route_log,
+                    &mut timer,
                 )
                 .await
             })
@@ -103,7 +106,7 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
                     &cin,
                     &head,
                     &mut out,
-                    &rid,
+                    rid,
                     keep_alive && head.body == BodyFraming::None,
                 ),
             };
@@ -125,16 +128,16 @@ pub async fn serve(w: &Worker, stream: TcpStream) {
             }
             Ok(proxy::Done::Relayed { status, close }) => (status, close || !keep_alive),
             Ok(proxy::Done::Aborted { status }) => {
-                access_log(w, &rid, &log_path, status, started, &route_log);
+                access_log(w, rid, &log_path, status, started, &route_log);
                 return;
             }
             Err((e, unread)) => {
                 let close = unread || body_unread || !keep_alive;
-                respond_error(&mut wr, &mut out, &e, &rid, close).await;
+                respond_error(&mut wr, &mut out, &e, rid, close).await;
                 (e.status(), close)
             }
         };
-        access_log(w, &rid, &log_path, status, started, &route_log);
+        access_log(w, rid, &log_path, status, started, &route_log);
         if close || cin.is_closed() {
             return;
         }
@@ -181,7 +184,7 @@ async fn respond_error(wr: &mut ClientOut, out: &mut Vec<u8>, e: &Error, rid: &[
 async fn read_head(
     w: &Worker,
     cin: &mut ClientIn,
-    timer: &mut Timer,
+    timer: &mut ConnTimer,
 ) -> Result<Option<(RequestHead, Instant)>, Error> {
     let limits = w.cfg().server.limits;
     let mut first_byte_at: Option<Instant> = None;
@@ -215,7 +218,7 @@ async fn read_head(
             Some(t0) => {
                 monoio::select! {
                     r = cin.complete() => Some(r),
-                    _ = arm(timer, t0 + limits.header_timeout) => None,
+                    _ = timer.at(t0 + limits.header_timeout) => None,
                 }
             }
         };
@@ -244,7 +247,7 @@ async fn idle_wait(
     w: &Worker,
     cin: &mut ClientIn,
     limits: &Limits,
-    timer: &mut Timer,
+    timer: &mut ConnTimer,
 ) -> Option<std::io::Result<usize>> {
     let start = Instant::now();
     let parks = limits.idle_buffer_release < limits.idle_timeout && cin.buf().is_empty();
@@ -255,12 +258,12 @@ async fn idle_wait(
     };
     monoio::select! {
         r = cin.complete() => return Some(r),
-        _ = arm(timer, start + first) => {}
+        _ = timer.at(start + first) => {}
     }
     if !parks {
         return None;
     }
-    *timer = None;
+    timer.release();
     let parked = async {
         if let Some(r) = cin.park().await {
             return r;
@@ -274,17 +277,6 @@ async fn idle_wait(
         r = parked => Some(r),
         _ = w.idle.until(start + limits.idle_timeout) => None,
     }
-}
-
-/// A connection's head timer, when it has one.
-type Timer = Option<Pin<Box<Sleep>>>;
-
-/// The timer set to fire at `at`, made if the connection has none.
-fn arm(timer: &mut Timer, at: Instant) -> Pin<&mut Sleep> {
-    let at = monoio::time::Instant::from_std(at);
-    let t = timer.get_or_insert_with(|| Box::pin(monoio::time::sleep_until(at)));
-    t.as_mut().reset(at);
-    t.as_mut()
 }
 
 fn header_too_large(max: usize) -> Error {
@@ -326,6 +318,7 @@ async fn read_body(
     cin: &mut ClientIn,
     wr: &mut ClientOut,
     head: &RequestHead,
+    timer: &mut ConnTimer,
 ) -> Result<Body, Error> {
     let limits = w.cfg().server.limits;
     // Set on the first wait: a body that came with its head reads no clock.
@@ -352,7 +345,7 @@ async fn read_body(
                 send_continue(wr).await?;
             }
             while cin.buf().len() < end {
-                read_more(cin, deadline()).await?;
+                read_more(cin, timer, deadline()).await?;
             }
             Ok(Body::InBuf(head.len..end))
         }
@@ -390,7 +383,7 @@ async fn read_body(
                 if pos - head.len > 2 * limits.max_body_bytes + 64 * 1024 {
                     return Err(too_large());
                 }
-                read_more(cin, deadline()).await?;
+                read_more(cin, timer, deadline()).await?;
             }
         }
     }
@@ -402,9 +395,16 @@ async fn send_continue(wr: &mut ClientOut) -> Result<(), Error> {
         .map_err(|_| Error::new(Kind::BadRequest, "client closed the connection"))
 }
 
-async fn read_more(cin: &mut ClientIn, deadline: Instant) -> Result<(), Error> {
+async fn read_more(
+    cin: &mut ClientIn,
+    timer: &mut ConnTimer,
+    deadline: Instant,
+) -> Result<(), Error> {
     let left = deadline.saturating_duration_since(Instant::now());
-    match monoio::time::timeout(left.max(Duration::from_millis(1)), cin.complete()).await {
+    match timer
+        .within(left.max(Duration::from_millis(1)), cin.complete())
+        .await
+    {
         Ok(Ok(0)) | Ok(Err(_)) => Err(Error::new(
             Kind::BadRequest,
             "client closed the connection before the body was complete",

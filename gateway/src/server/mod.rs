@@ -24,6 +24,7 @@ mod local;
 mod proxy;
 mod relay;
 mod slots;
+mod timer;
 mod worker;
 
 use std::sync::Arc;

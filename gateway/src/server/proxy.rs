@@ -22,6 +22,7 @@ use super::account::Accountant;
 use super::client::ClientIn;
 use super::conn::{Body, ClientOut};
 use super::relay::{Attempt, relay};
+use super::timer::ConnTimer;
 use super::worker::Worker;
 use crate::auth::KeyEntry;
 use crate::error::{Error, Kind};
@@ -30,9 +31,9 @@ use crate::failover::{Class, Effect, Outcome, Transition, now_ms};
 use crate::http::RequestHead;
 use crate::limits::period::wall_ms;
 use crate::limits::{Admission, Demand, Kind as LimitKind, Refusal, Refused};
-use crate::text::Text;
 use crate::route::rewrite::{Edit, StreamUsage, json_string, splice, stream_usage};
 use crate::route::{BodyInfo, ExtractError, RouteId, UpstreamId, extract};
+use crate::text::Text;
 use crate::tokens::Encoding;
 use crate::upstream::request::{Forward, build};
 use crate::usage::UsageRecord;
@@ -151,6 +152,7 @@ pub async fn handle(
     keep_alive: bool,
     started: Instant,
     log: &mut RouteLog,
+    timer: &mut ConnTimer,
 ) -> Handled {
     let table = &w.cfg().routes;
     log.id = Text::new(&id_text(rid));
@@ -294,6 +296,7 @@ pub async fn handle(
                         decide: &mut decide,
                         on_head: &mut on_head,
                         headers: &rate_headers,
+                        timer: &mut *timer,
                     };
                     relay(w, wr, p, head.minor, !keep_alive, rid, log, &mut acct, ctx).await
                 };

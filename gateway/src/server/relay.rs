@@ -24,6 +24,7 @@ use monoio::io::AsyncWriteRentExt;
 use super::account::Accountant;
 use super::conn::ClientOut;
 use super::proxy::{Done, Prepared, RouteLog};
+use super::timer::ConnTimer;
 use super::worker::Worker;
 use crate::error::{Error, Kind};
 use crate::failover::{Class, Outcome};
@@ -89,6 +90,8 @@ pub struct Attempt<'a> {
     pub on_head: &'a mut dyn FnMut(u16),
     /// Headers added to the client response (`x-ratelimit-*`).
     pub headers: &'a [(&'static [u8], Vec<u8>)],
+    /// The connection's timer, for the waits on the upstream.
+    pub timer: &'a mut ConnTimer,
 }
 
 /// An attempt that ended before anything reached the client.
@@ -155,6 +158,7 @@ pub async fn relay(
     at: Attempt<'_>,
 ) -> Result<Done, Failure> {
     let decide = at.decide;
+    let timer = at.timer;
     let up = &w.shared.upstreams[p.upstream as usize];
     let cfg = &up.cfg;
     let started = Instant::now();
@@ -190,7 +194,11 @@ pub async fn relay(
         let sent_at = if stale == 0 { started } else { Instant::now() };
         let mut conn = match pooled {
             Some(c) => c,
-            None => match UpConn::connect(up).await {
+            // Boxed: a connect (and TLS handshake) future is large and
+            // holds a 128-byte-aligned monoio timer; inline, every request's
+            // boxed proxy future would carry both (server/timer.rs says
+            // why the alignment costs). Only a new connection pays this.
+            None => match Box::pin(UpConn::connect(up)).await {
                 Ok(c) => c,
                 Err(e) => {
                     let class = match e.kind {
@@ -211,7 +219,7 @@ pub async fn relay(
                 let wait = at
                     .first_byte_limit
                     .map_or(cfg.response_timeout, |l| l.min(cfg.response_timeout));
-                match read_head(&mut conn, wait, &up.cfg.name).await {
+                match read_head(&mut conn, timer, wait, &up.cfg.name).await {
                     Ok((buf, head)) => break (conn, buf, head),
                     // One that dies later may have been working on the
                     // request: a failed attempt, failover decides.
@@ -364,7 +372,7 @@ pub async fn relay(
             buf = Vec::with_capacity(BACKLOG_READ_BUF);
         }
         let Some(up_conn) = conn.as_mut() else { break };
-        let read = monoio::time::timeout(cfg.read_timeout, up_conn.read_more(buf)).await;
+        let read = timer.within(cfg.read_timeout, up_conn.read_more(buf)).await;
         let n = match read {
             Ok((Ok(n), b)) => {
                 buf = b;
@@ -539,6 +547,7 @@ fn retry_after(buf: &[u8], head: &ResponseHead) -> Option<Duration> {
 
 async fn read_head(
     conn: &mut UpConn,
+    timer: &mut ConnTimer,
     timeout: Duration,
     name: &str,
 ) -> Result<(Vec<u8>, ResponseHead), HeadError> {
@@ -590,7 +599,7 @@ async fn read_head(
             }
         }
     };
-    match monoio::time::timeout(timeout, work).await {
+    match timer.within(timeout, work).await {
         Ok(r) => r,
         Err(_) => Err(HeadError::Fail(Error::msg(
             Kind::UpstreamTimeout,
