@@ -400,8 +400,11 @@ static __always_inline long sockops_upstream(struct bpf_sock_ops *skops)
 	k.port = (__u16)port;
 	k.family = (__u16)skops->family;
 	if (skops->family == AF_INET6) {
-		__u32 a[4] = { skops->remote_ip6[0], skops->remote_ip6[1],
-			       skops->remote_ip6[2], skops->remote_ip6[3] };
+		/* One 4-byte load per word: clang 14 merges neighbouring
+		 * field loads into 8-byte ones, which the verifier refuses
+		 * on bpf_sock_ops ("invalid bpf_context access"). */
+		const volatile __u32 *ip6 = skops->remote_ip6;
+		__u32 a[4] = { ip6[0], ip6[1], ip6[2], ip6[3] };
 		__builtin_memcpy(k.addr, a, 16);
 	} else {
 		__u32 a = skops->remote_ip4;
