@@ -181,7 +181,7 @@ fn relay_payload(body: &[u8], read: usize, rewrite: bool, chunked: bool) -> (u64
         true,
         Some(19),
         true,
-        Arc::from("req"),
+        tollgate::text::Text::new("req"),
         Arc::from("gpt-4o"),
     );
     acct.start(200, rewrite, false);

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tollgate::ledger::record::{Batch, Rec, now_ms};
 use tollgate::ledger::{Backend, Options, Store, start};
+use tollgate::text::Text;
 use tollgate::usage::{Source, UsageRecord, UsageSink};
 
 fn env(name: &str, default: usize) -> usize {
@@ -79,10 +80,10 @@ fn redis() -> Result<(Redis, String), String> {
 
 fn usage(i: usize, tenants: &[Arc<str>], models: &[Arc<str>]) -> UsageRecord {
     UsageRecord {
-        request_id: format!("bench{i:019}"),
+        request_id: Text::new(&format!("bench{i:019}")),
         key_id: Some(tenants[i % tenants.len()].clone()),
         tenant: Some(tenants[i % tenants.len()].clone()),
-        requested_model: models[i % models.len()].to_string(),
+        requested_model: Text::new(&models[i % models.len()]),
         served_model: models[i % models.len()].clone(),
         upstream: Arc::from("mock"),
         prompt_tokens: 20 + (i % 50) as u64,
