@@ -292,19 +292,29 @@ class Direct(System):
 class Tollgate(System):
     """`ebpf`: the `[ebpf] enabled` setting; "auto" (the default config:
     loaded when the harness runs as root) or "off", to show what the
-    kernel signals cost per request and buy on failover."""
+    kernel signals cost per request and buy on failover. `pgo`: the
+    profile-guided build of `tuning/pgo-build.sh` (target/pgo) instead of
+    the release build."""
 
-    def __init__(self, driver, ebpf="auto"):
-        self.driver, self.ebpf = driver, ebpf
+    PGO_BIN = os.path.join(ROOT, "target", "pgo", "release", "tollgate")
+
+    def __init__(self, driver, ebpf="auto", pgo=False):
+        self.driver, self.ebpf, self.pgo = driver, ebpf, pgo
         drv = "io_uring" if driver == "io_uring" else "epoll"
         self.name = ("tollgate" if driver == "io_uring" else "tollgate-legacy") + \
-            ("-noebpf" if ebpf == "off" else "")
-        self.label = f"tollgate ({drv}{', eBPF off' if ebpf == 'off' else ''})"
+            ("-noebpf" if ebpf == "off" else "") + ("-pgo" if pgo else "")
+        self.label = (f"tollgate ({drv}{', eBPF off' if ebpf == 'off' else ''}"
+                      f"{', PGO build' if pgo else ''})")
         self.configs = {"forward": "tollgate-forward.toml", "routing": "tollgate-routing.toml",
                         "sse": "tollgate-forward.toml", "failover": "tollgate-failover.toml",
                         "idle": "tollgate-forward.toml"}
 
+    def binary(self, env):
+        return self.PGO_BIN if self.pgo else env.tollgate
+
     def available(self, env):
+        if self.pgo and not os.access(self.PGO_BIN, os.X_OK):
+            return f"{self.PGO_BIN} not built (tuning/pgo-build.sh builds it)"
         return None if os.access(env.tollgate, os.X_OK) else f"{env.tollgate} not built"
 
     def start(self, env, kind, upstreams):
@@ -313,7 +323,7 @@ class Tollgate(System):
                      WORKERS=env.workers, DRIVER=self.driver, **upstreams)
         with open(cfg, "a") as f:
             f.write(f'\n[ebpf]\nenabled = "{self.ebpf}"\n')
-        p = Proc(self.name, [env.tollgate, "serve", "--config", cfg], env.workdir)
+        p = Proc(self.name, [self.binary(env), "serve", "--config", cfg], env.workdir)
         wait_until(lambda: http(addr, "GET", "/healthz")[0] == 200, 30, p)
         return p, addr
 
@@ -427,7 +437,7 @@ def port_open(addr):
 
 
 ALL_SYSTEMS = [Direct(), Tollgate("io_uring"), Tollgate("legacy"), Tollgate("io_uring", "off"),
-               Floor(), Nginx(False), Nginx(True), Envoy(), LiteLLM()]
+               Tollgate("io_uring", pgo=True), Floor(), Nginx(False), Nginx(True), Envoy(), LiteLLM()]
 
 
 # --- one measured run ---------------------------------------------------------

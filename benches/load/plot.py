@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
 
 COLORS = {"direct": "#888888", "tollgate": "#d62728", "tollgate-legacy": "#ff9896",
-          "tollgate-noebpf": "#e377c2",
+          "tollgate-noebpf": "#e377c2", "tollgate-pgo": "#8c564b",
           "nginx": "#1f77b4", "nginx-lua": "#17becf", "envoy": "#2ca02c", "litellm": "#9467bd",
           "floor": "#000000"}
 
