@@ -315,6 +315,13 @@ class Tollgate(System):
     def available(self, env):
         if self.pgo and not os.access(self.PGO_BIN, os.X_OK):
             return f"{self.PGO_BIN} not built (tuning/pgo-build.sh builds it)"
+        if self.pgo:
+            # A build older than the source would measure other code.
+            src = max(os.path.getmtime(os.path.join(d, f))
+                      for top in ("gateway", "loader", "ebpf")
+                      for d, _, fs in os.walk(os.path.join(ROOT, top)) for f in fs)
+            if os.path.getmtime(self.PGO_BIN) < src:
+                return f"{self.PGO_BIN} is older than the source (rerun tuning/pgo-build.sh)"
         return None if os.access(env.tollgate, os.X_OK) else f"{env.tollgate} not built"
 
     def start(self, env, kind, upstreams):
