@@ -65,18 +65,31 @@ pub struct Digits {
 }
 
 impl Digits {
-    /// Formats `n`.
+    /// Formats `n`, two digits per division (a status, a length and a
+    /// count go through here on every response).
     pub fn new(mut n: u64) -> Digits {
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
         let mut buf = [0u8; 20];
         let mut start = buf.len();
-        loop {
-            start -= 1;
-            buf[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                return Digits { buf, start };
-            }
+        while n >= 100 {
+            let pair = (n % 100) as usize * 2;
+            n /= 100;
+            start -= 2;
+            buf[start..start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
         }
+        if n >= 10 {
+            let pair = n as usize * 2;
+            start -= 2;
+            buf[start..start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        } else {
+            start -= 1;
+            buf[start] = b'0' + n as u8;
+        }
+        Digits { buf, start }
     }
 
     /// The digits.
@@ -181,5 +194,18 @@ mod tests {
         push_u64(&mut n, 0);
         push_u64(&mut n, 18446744073709551615);
         assert_eq!(n, b"018446744073709551615");
+    }
+
+    #[test]
+    fn digits_match_std_formatting() {
+        let mut edges = vec![u64::MAX, u64::MAX - 1];
+        let mut p = 1u64;
+        while let Some(q) = p.checked_mul(10) {
+            edges.extend([p - 1, p, p + 1, q - 1]);
+            p = q;
+        }
+        for n in (0..100_000).chain(edges) {
+            assert_eq!(Digits::new(n).as_bytes(), n.to_string().as_bytes(), "{n}");
+        }
     }
 }
