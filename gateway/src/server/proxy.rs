@@ -327,7 +327,7 @@ pub async fn handle(
                 let to = &table.route(n.route);
                 tracing::warn!(
                     target: "tollgate::failover",
-                    request_id = %id_text(rid),
+                    request_id = log.id.as_str(),
                     model = log.model.as_str(),
                     upstream = &*upstream,
                     served = &*served,
