@@ -27,19 +27,15 @@ secs=${1:-6}
 . benches/load/config.sh
 
 llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-profdata=""
-for c in "llvm-profdata-$llvm_major" "/usr/lib/llvm-$llvm_major/bin/llvm-profdata"; do
-  command -v "$c" >/dev/null && { profdata=$c; break; }
-done
+find_profdata() { { command -v "llvm-profdata-$llvm_major" "/usr/lib/llvm-$llvm_major/bin/llvm-profdata" || true; } | head -1; }
 need=()
-[ -n "$profdata" ] || need+=("llvm-$llvm_major")
+[ -n "$(find_profdata)" ] || need+=("llvm-$llvm_major")
 command -v wrk >/dev/null || need+=(wrk)
 if [ ${#need[@]} -gt 0 ]; then
   echo "pgo: apt-get install ${need[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-  profdata=/usr/lib/llvm-$llvm_major/bin/llvm-profdata
 fi
-[ -x "$profdata" ] || profdata=$(command -v "$profdata")
+profdata=$(find_profdata)
 
 data="$root/target/pgo-data"
 rm -rf "$data"; mkdir -p "$data"
@@ -61,13 +57,15 @@ ready() { for _ in $(seq 300); do [ "$(post "$@")" = 200 ] && return 0; sleep 0.
 ready $MOCK -d '{"model":"gpt-4o-mini","messages":[]}'
 
 # One training run: start the instrumented gateway on CONFIG, drive JSON
-# then SSE (usage chunk on), stop it with SIGTERM so it writes its profile.
+# then SSE (usage chunk on) for MODEL with API KEY (may be empty), stop it
+# with SIGTERM so it writes its profile.
 train() {
-  local cfg=$1 model=$2; shift 2
+  local cfg=$1 model=$2 key=$3 auth=()
+  [ -z "$key" ] || auth=(-H "Authorization: Bearer $key")
   $gen serve --config "$cfg" 2>"$dir/serve.log" & local p=$!
-  ready $SUT -d "{\"model\":\"$model\",\"messages\":[]}" "$@"
+  ready $SUT -d "{\"model\":\"$model\",\"messages\":[]}" "${auth[@]}"
   for stream in 0 1; do
-    WRK_STREAM=$stream WRK_USAGE=$stream WRK_KEY=${KEY:-} WRK_MODEL=$model \
+    WRK_STREAM=$stream WRK_USAGE=$stream WRK_KEY=$key WRK_MODEL=$model \
       wrk -t1 -c32 -d"${secs}s" --timeout 10s -s benches/load/chat.lua "http://$SUT/v1/chat/completions" \
       | grep -E "Requests/sec|non2xx" | tr '\n' ' '
     echo "($(basename "$cfg"), stream=$stream)"
@@ -75,11 +73,11 @@ train() {
   kill -TERM $p; wait $p || true
 }
 tollgate_config "$dir/plain.toml" "$SUT" "$MOCK"
-KEY="" train "$dir/plain.toml" gpt-4o-mini
+train "$dir/plain.toml" gpt-4o-mini ""
 sed -e "s|@LISTEN@|$SUT|; s|@WORKERS@|1|; s|@DRIVER@|io_uring|; s|@MOCK@|$MOCK|g" \
   benches/load/systems/tollgate-routing.toml > "$dir/keys.toml"
-KEY=tg-bench-routing-0123456789abcdef train "$dir/keys.toml" gpt-4 \
-  -H "Authorization: Bearer tg-bench-routing-0123456789abcdef"
+# The key whose hash tollgate-routing.toml holds (bench.py's ROUTING_KEY).
+train "$dir/keys.toml" gpt-4 tg-bench-routing-0123456789abcdef
 
 ls "$data"/*.profraw >/dev/null
 "$profdata" merge -o "$data/merged.profdata" "$data"/*.profraw
