@@ -1,7 +1,8 @@
 //! Byte-level steps over JSON text that the scanners which look for one
 //! key without parsing the whole document share (`sse::fast`,
 //! `sse::deferred`, `usage::body`): where a string ends, whether a quote
-//! is escaped, skipping whitespace.
+//! is escaped, skipping whitespace, whether a member belongs to the
+//! outermost object.
 
 /// End of the JSON string whose opening quote is at `open`: the index of
 /// its closing quote and whether the string has escapes. `None` when the
@@ -36,6 +37,29 @@ pub(crate) fn skip_ws(t: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
+}
+
+/// `rest` (what follows a member's value) closes the object the member is
+/// in, and that object was the outermost: exactly one unmatched `}`,
+/// followed only by whitespace.
+pub(crate) fn closes_top_level(rest: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            b'"' => match string_end(rest, i) {
+                Some((e, _)) => i = e,
+                None => return false,
+            },
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' if depth > 0 => depth -= 1,
+            b'}' => return skip_ws(rest, i + 1) == rest.len(),
+            b']' => return false,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
 }
 
 #[cfg(test)]

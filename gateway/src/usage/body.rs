@@ -23,7 +23,7 @@
 //! top-level `usage` members gets the last one here, where serde refuses
 //! the duplicate (and the answer would have no usage).
 
-use crate::json_bytes::{quote_escaped, skip_ws, string_end};
+use crate::json_bytes::{closes_top_level, quote_escaped, skip_ws, string_end};
 use crate::sse::Usage;
 
 #[derive(serde::Deserialize, Default)]
@@ -84,16 +84,16 @@ fn from_the_end(body: &[u8]) -> Option<Option<Usage>> {
     let (usage, end) = if body[i..].starts_with(b"null") {
         (None, i + 4)
     } else if body.get(i) == Some(&b'{') {
-        let (fields, len) = match usage_object(&body[i..]) {
+        let (usage, len) = match usage_object(&body[i..]) {
             Some(read) => read,
             None => {
                 let mut values =
                     serde_json::Deserializer::from_slice(&body[i..]).into_iter::<Fields>();
                 let fields = values.next()?.ok()?;
-                (fields, values.byte_offset())
+                (Usage::from(fields), values.byte_offset())
             }
         };
-        (Some(Usage::from(fields)), i + len)
+        (Some(usage), i + len)
     } else {
         return None;
     };
@@ -104,13 +104,14 @@ fn from_the_end(body: &[u8]) -> Option<Option<Usage>> {
 /// read as serde reads [`Fields`], for the usual shape; `None` for
 /// anything else (escaped or non-ASCII keys, a count that is not a plain
 /// JSON integer that fits a u64, a duplicate count, invalid JSON), which
-/// serde then answers.
-fn usage_object(t: &[u8]) -> Option<(Fields, usize)> {
+/// serde then answers. Shared with the stream decoder's fast path
+/// (`sse::fast`), whose usage chunk holds the same object.
+pub(crate) fn usage_object(t: &[u8]) -> Option<(Usage, usize)> {
     let mut prompt = None;
     let mut completion = None;
     let mut i = skip_ws(t, 1);
     if t.get(i) == Some(&b'}') {
-        return Some((Fields::default(), i + 1));
+        return Some((Usage::default(), i + 1));
     }
     loop {
         if t.get(i) != Some(&b'"') {
@@ -145,17 +146,22 @@ fn usage_object(t: &[u8]) -> Option<(Fields, usize)> {
                 *slot = Some(n);
                 after
             }
-            None => crate::route::extract::value_end(t, i)?,
+            // Other counts (`total_tokens`) are plain integers too: skipped
+            // as one, any other value validated as serde would.
+            None => match json_u64(t, i) {
+                Some((_, after)) => after,
+                None => crate::route::extract::value_end(t, i)?,
+            },
         };
         i = skip_ws(t, i);
         match t.get(i) {
             Some(b',') => i = skip_ws(t, i + 1),
             Some(b'}') => {
-                let fields = Fields {
-                    prompt_tokens: prompt.unwrap_or(0),
-                    completion_tokens: completion.unwrap_or(0),
+                let usage = Usage {
+                    prompt: prompt.unwrap_or(0),
+                    completion: completion.unwrap_or(0),
                 };
-                return Some((fields, i + 1));
+                return Some((usage, i + 1));
             }
             _ => return None,
         }
@@ -181,29 +187,6 @@ fn json_u64(t: &[u8], at: usize) -> Option<(u64, usize)> {
         n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
     })?;
     Some((n, end))
-}
-
-/// `rest` (what follows a member's value) closes the object the member is
-/// in, and that object was the outermost: exactly one unmatched `}`,
-/// followed only by whitespace.
-fn closes_top_level(rest: &[u8]) -> bool {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < rest.len() {
-        match rest[i] {
-            b'"' => match string_end(rest, i) {
-                Some((e, _)) => i = e,
-                None => return false,
-            },
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' if depth > 0 => depth -= 1,
-            b'}' => return skip_ws(rest, i + 1) == rest.len(),
-            b']' => return false,
-            _ => {}
-        }
-        i += 1;
-    }
-    false
 }
 
 #[cfg(test)]
@@ -325,7 +308,7 @@ mod tests {
                 _ => None,
             };
             if let Some((f, len)) = usage_object(t) {
-                prop_assert_eq!(Some((f.prompt_tokens, f.completion_tokens, len)), reference, "{}", text);
+                prop_assert_eq!(Some((f.prompt, f.completion, len)), reference, "{}", text);
             }
             // The usual shape is read by hand, not left to serde.
             let plain = members.iter().all(|(k, v)| {
