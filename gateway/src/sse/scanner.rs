@@ -365,7 +365,14 @@ impl Scanner {
         let mut fields = Fields::default();
         let mut ev_start: Option<usize> = None;
         loop {
-            let Some(i) = memchr2(b'\n', b'\r', &input[pos..]) else {
+            // The blank line that ends every event is found without a
+            // search call.
+            let blank = matches!(input.get(pos), Some(b'\n' | b'\r'));
+            let Some(i) = (if blank {
+                Some(0)
+            } else {
+                memchr2(b'\n', b'\r', &input[pos..])
+            }) else {
                 // Input ends inside a line or right after a line ending.
                 let at_line_start = pos == input.len();
                 if let Some(s) = ev_start.or((!at_line_start).then_some(pos)) {
@@ -441,7 +448,14 @@ impl Scanner {
         let cap = self.max_event;
         let mut pos = from;
         loop {
-            let Some(i) = memchr2(b'\n', b'\r', &input[pos..]) else {
+            // The blank line that ends every event is found without a
+            // search call.
+            let blank = matches!(input.get(pos), Some(b'\n' | b'\r'));
+            let Some(i) = (if blank {
+                Some(0)
+            } else {
+                memchr2(b'\n', b'\r', &input[pos..])
+            }) else {
                 truncated |= push_capped(&mut self.carry, &input[from..], cap);
                 len += (input.len() - from) as u64;
                 if pos < input.len() {

@@ -23,7 +23,7 @@
 //! top-level `usage` members gets the last one here, where serde refuses
 //! the duplicate (and the answer would have no usage).
 
-use crate::json_bytes::{closes_top_level, quote_escaped, skip_ws, string_end};
+use crate::json_bytes::{closes_top_level, quote_escaped, skip_ws};
 use crate::sse::Usage;
 
 #[derive(serde::Deserialize, Default)]
