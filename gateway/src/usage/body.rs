@@ -117,26 +117,16 @@ pub(crate) fn usage_object(t: &[u8]) -> Option<(Usage, usize)> {
         if t.get(i) != Some(&b'"') {
             return None;
         }
-        // Keys are short: a byte loop, not a search call. Anything but
-        // printable ASCII before the closing quote (an escape included)
-        // is left to serde.
-        let len = t[i + 1..]
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))?;
-        let end = i + 1 + len;
-        if t[end] != b'"' {
-            return None;
-        }
-        let key = &t[i + 1..end];
+        let (count, end) = usage_key(t, i)?;
         i = skip_ws(t, end + 1);
         if t.get(i) != Some(&b':') {
             return None;
         }
         i = skip_ws(t, i + 1);
-        let count = match key {
-            b"prompt_tokens" => Some(&mut prompt),
-            b"completion_tokens" => Some(&mut completion),
-            _ => None,
+        let count = match count {
+            Some(Count::Prompt) => Some(&mut prompt),
+            Some(Count::Completion) => Some(&mut completion),
+            None => None,
         };
         i = match count {
             // serde refuses a duplicate field.
@@ -168,24 +158,56 @@ pub(crate) fn usage_object(t: &[u8]) -> Option<(Usage, usize)> {
     }
 }
 
+/// The two counts serde reads.
+enum Count {
+    Prompt,
+    Completion,
+}
+
+/// The key whose opening quote is at `t[at]`: which count it names, if
+/// any, and where its closing quote is; `None` for a key serde must read
+/// (escaped, non-ASCII, control characters) or no key at all.
+fn usage_key(t: &[u8], at: usize) -> Option<(Option<Count>, usize)> {
+    let rest = t.get(at + 1..)?;
+    // OpenAI's keys, recognised with their closing quote in one compare.
+    for (name, count) in [
+        (&b"prompt_tokens\""[..], Some(Count::Prompt)),
+        (b"completion_tokens\"", Some(Count::Completion)),
+        (b"total_tokens\"", None),
+    ] {
+        if rest.starts_with(name) {
+            return Some((count, at + name.len()));
+        }
+    }
+    // Others (`prompt_tokens_details`, a provider's own): a byte loop,
+    // keys are short. Anything but printable ASCII before the closing
+    // quote (an escape included) is left to serde.
+    let len = rest
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))?;
+    if rest[len] != b'"' {
+        return None;
+    }
+    // The counts' names were matched above, so this names neither.
+    Some((None, at + 1 + len))
+}
+
 /// The JSON integer at `t[at..]` and the index after it, when it is one
 /// that fits a u64 (no sign, fraction or exponent; no leading zero).
 fn json_u64(t: &[u8], at: usize) -> Option<(u64, usize)> {
-    let digits = t
-        .get(at..)?
-        .iter()
-        .take_while(|c| c.is_ascii_digit())
-        .count();
-    let end = at + digits;
+    let mut n = 0u64;
+    let mut end = at;
+    while let Some(&c) = t.get(end).filter(|c| c.is_ascii_digit()) {
+        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        end += 1;
+    }
+    let digits = end - at;
     if digits == 0 || (digits > 1 && t[at] == b'0') {
         return None;
     }
     if matches!(t.get(end), Some(b'.' | b'e' | b'E')) {
         return None;
     }
-    let n = t[at..end].iter().try_fold(0u64, |n, &c| {
-        n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
-    })?;
     Some((n, end))
 }
 
