@@ -130,7 +130,9 @@ pub fn decode(data: &[u8], on_text: &mut impl FnMut(&str)) -> Option<Decoded> {
     }
     // serde refuses a duplicate member; a nested one it ignores, and
     // telling the two apart is the full decoder's job.
-    if (d.usage.is_some() && usage_keys > 1) || (empty_choices.is_some() && (choices_keys > 1 || n > 0)) {
+    if (d.usage.is_some() && usage_keys > 1)
+        || (empty_choices.is_some() && (choices_keys > 1 || n > 0))
+    {
         return None;
     }
     // An empty `choices` matters only beside usage (the usage-only chunk);
