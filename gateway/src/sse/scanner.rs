@@ -234,6 +234,16 @@ fn push_capped(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) -> bool {
     take < bytes.len()
 }
 
+/// Offset in `rest` of its first line ending (CR or LF). The blank line
+/// that ends every event is found without a search call.
+#[inline]
+fn next_eol(rest: &[u8]) -> Option<usize> {
+    match rest.first() {
+        Some(b'\n' | b'\r') => Some(0),
+        _ => memchr2(b'\n', b'\r', rest),
+    }
+}
+
 /// Where the line ending at `input[eol]` (a CR or LF) ends, and whether
 /// it is a CR that is the last byte (an LF may follow in the next feed).
 #[inline]
@@ -255,7 +265,7 @@ fn parse_raw<'a>(raw: &'a [u8], at_zero: bool, joined: &mut Vec<u8>, cap: usize)
     let mut fields = Fields::default();
     let mut pos = 0;
     while pos < raw.len() {
-        let (mut line, next) = match memchr2(b'\n', b'\r', &raw[pos..]) {
+        let (mut line, next) = match next_eol(&raw[pos..]) {
             Some(i) => (&raw[pos..pos + i], after_eol(raw, pos + i).0),
             None => (&raw[pos..], raw.len()),
         };
@@ -365,14 +375,7 @@ impl Scanner {
         let mut fields = Fields::default();
         let mut ev_start: Option<usize> = None;
         loop {
-            // The blank line that ends every event is found without a
-            // search call.
-            let blank = matches!(input.get(pos), Some(b'\n' | b'\r'));
-            let Some(i) = (if blank {
-                Some(0)
-            } else {
-                memchr2(b'\n', b'\r', &input[pos..])
-            }) else {
+            let Some(i) = next_eol(&input[pos..]) else {
                 // Input ends inside a line or right after a line ending.
                 let at_line_start = pos == input.len();
                 if let Some(s) = ev_start.or((!at_line_start).then_some(pos)) {
@@ -448,14 +451,7 @@ impl Scanner {
         let cap = self.max_event;
         let mut pos = from;
         loop {
-            // The blank line that ends every event is found without a
-            // search call.
-            let blank = matches!(input.get(pos), Some(b'\n' | b'\r'));
-            let Some(i) = (if blank {
-                Some(0)
-            } else {
-                memchr2(b'\n', b'\r', &input[pos..])
-            }) else {
+            let Some(i) = next_eol(&input[pos..]) else {
                 truncated |= push_capped(&mut self.carry, &input[from..], cap);
                 len += (input.len() - from) as u64;
                 if pos < input.len() {
