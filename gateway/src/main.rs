@@ -92,6 +92,18 @@ struct MockArgs {
     /// `[server] io_uring_task_run`).
     #[arg(long, default_value = "defer", value_parser = parse_task_run)]
     io_uring_task_run: config::TaskRun,
+    /// Event loop: auto, io_uring or legacy (epoll). A mock killed with
+    /// SIGKILL closes its sockets at once on epoll; on io_uring the kernel
+    /// closes the ones with a receive in flight only when it tears the
+    /// ring down, some milliseconds later (what the harness's failover
+    /// scenario must not time).
+    #[arg(long, default_value = "auto", value_parser = parse_driver)]
+    driver: config::DriverChoice,
+}
+
+fn parse_driver(s: &str) -> Result<config::DriverChoice, String> {
+    config::DriverChoice::from_name(s)
+        .ok_or_else(|| format!("unknown driver `{s}`; use auto, io_uring or legacy"))
 }
 
 fn parse_task_run(s: &str) -> Result<config::TaskRun, String> {
@@ -158,6 +170,7 @@ fn run_mock(a: MockArgs) -> anyhow::Result<()> {
         api_key: a.api_key,
         pin_base: a.pin_cpu,
         task_run: a.io_uring_task_run,
+        driver: a.driver,
         faults: Faults {
             status: a.status,
             delay: Duration::from_millis(a.delay_ms),

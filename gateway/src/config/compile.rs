@@ -80,18 +80,14 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
         }
         n => n,
     };
-    let driver = match s.driver.as_deref().unwrap_or("auto") {
-        "auto" => DriverChoice::Auto,
-        "io_uring" => DriverChoice::IoUring,
-        "legacy" => DriverChoice::Legacy,
-        other => {
-            errs.push(
-                "server.driver",
-                format!("unknown driver `{other}`; use auto, io_uring or legacy"),
-            );
-            DriverChoice::Auto
-        }
-    };
+    let name = s.driver.as_deref().unwrap_or("auto");
+    let driver = DriverChoice::from_name(name).unwrap_or_else(|| {
+        errs.push(
+            "server.driver",
+            format!("unknown driver `{name}`; use auto, io_uring or legacy"),
+        );
+        DriverChoice::Auto
+    });
     let name = s.io_uring_task_run.as_deref().unwrap_or("defer");
     let task_run = TaskRun::from_name(name).unwrap_or_else(|| {
         errs.push(
@@ -620,6 +616,19 @@ fn parse_url(s: &str) -> Result<Url, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drivers_by_name() {
+        for (n, d) in [
+            ("auto", DriverChoice::Auto),
+            ("io_uring", DriverChoice::IoUring),
+            ("legacy", DriverChoice::Legacy),
+        ] {
+            assert_eq!(DriverChoice::from_name(n), Some(d));
+        }
+        assert_eq!(DriverChoice::from_name("epoll"), None);
+        assert_eq!(DriverChoice::from_name("IO_URING"), None);
+    }
 
     #[test]
     fn urls() {

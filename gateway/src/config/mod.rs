@@ -154,6 +154,19 @@ pub enum DriverChoice {
     Legacy,
 }
 
+impl DriverChoice {
+    /// The driver a config or command line names: `auto`, `io_uring` or
+    /// `legacy`.
+    pub fn from_name(name: &str) -> Option<DriverChoice> {
+        match name {
+            "auto" => Some(DriverChoice::Auto),
+            "io_uring" => Some(DriverChoice::IoUring),
+            "legacy" => Some(DriverChoice::Legacy),
+            _ => None,
+        }
+    }
+}
+
 /// When the kernel runs io_uring completion work (receives that found no
 /// data at submit time, then data arrived) for a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

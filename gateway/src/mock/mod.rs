@@ -40,6 +40,8 @@ pub struct MockOptions {
     /// io_uring task-run mode of the mock's workers (as the gateway's
     /// `[server] io_uring_task_run`).
     pub task_run: crate::config::TaskRun,
+    /// Event loop of the mock's workers.
+    pub driver: DriverChoice,
 }
 
 /// Counters served at `GET /mock/stats`.
@@ -93,10 +95,8 @@ pub fn spawn(opts: MockOptions) -> std::io::Result<Vec<std::thread::JoinHandle<(
                         }
                     }
                     let ready2 = ready.clone();
-                    let ran = crate::server::run_on_runtime(
-                        DriverChoice::Auto,
-                        opts.task_run,
-                        |_| async move {
+                    let ran =
+                        crate::server::run_on_runtime(opts.driver, opts.task_run, |_| async move {
                             match crate::server::bind(opts.listen) {
                                 Ok(l) => {
                                     let _ = ready2.send(Ok(()));
@@ -106,8 +106,7 @@ pub fn spawn(opts: MockOptions) -> std::io::Result<Vec<std::thread::JoinHandle<(
                                     let _ = ready2.send(Err(e));
                                 }
                             }
-                        },
-                    );
+                        });
                     if let Err(e) = ran {
                         let _ = ready.send(Err(e));
                     }

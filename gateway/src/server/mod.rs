@@ -50,6 +50,7 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
             faults: crate::mock::Faults::default(),
             pin_base: None,
             task_run: cfg.server.task_run,
+            driver: crate::config::DriverChoice::Auto,
         })
         .with_context(|| format!("starting the embedded mock on {}", m.listen))?;
         tracing::info!(listen = %m.listen, "embedded mock provider listening");
