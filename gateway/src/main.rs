@@ -90,25 +90,15 @@ struct MockArgs {
     crlf: bool,
     /// io_uring task-run mode: defer, coop or interrupt (see the gateway's
     /// `[server] io_uring_task_run`).
-    #[arg(long, default_value = "defer", value_parser = parse_task_run)]
+    #[arg(long, default_value = "defer", value_parser = config::TaskRun::parse)]
     io_uring_task_run: config::TaskRun,
     /// Event loop: auto, io_uring or legacy (epoll). A mock killed with
     /// SIGKILL closes its sockets at once on epoll; on io_uring the kernel
     /// closes the ones with a receive in flight only when it tears the
     /// ring down, some milliseconds later (what the harness's failover
     /// scenario must not time).
-    #[arg(long, default_value = "auto", value_parser = parse_driver)]
+    #[arg(long, default_value = "auto", value_parser = config::DriverChoice::parse)]
     driver: config::DriverChoice,
-}
-
-fn parse_driver(s: &str) -> Result<config::DriverChoice, String> {
-    config::DriverChoice::from_name(s)
-        .ok_or_else(|| format!("unknown driver `{s}`; use auto, io_uring or legacy"))
-}
-
-fn parse_task_run(s: &str) -> Result<config::TaskRun, String> {
-    config::TaskRun::from_name(s)
-        .ok_or_else(|| format!("unknown mode `{s}`; use defer, coop or interrupt"))
 }
 
 fn main() -> ExitCode {

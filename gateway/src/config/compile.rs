@@ -80,22 +80,15 @@ pub fn compile(raw: RawConfig, path: &Path) -> Result<Config, Vec<ConfigError>> 
         }
         n => n,
     };
-    let name = s.driver.as_deref().unwrap_or("auto");
-    let driver = DriverChoice::from_name(name).unwrap_or_else(|| {
-        errs.push(
-            "server.driver",
-            format!("unknown driver `{name}`; use auto, io_uring or legacy"),
-        );
+    let driver = DriverChoice::parse(s.driver.as_deref().unwrap_or("auto")).unwrap_or_else(|e| {
+        errs.push("server.driver", e);
         DriverChoice::Auto
     });
-    let name = s.io_uring_task_run.as_deref().unwrap_or("defer");
-    let task_run = TaskRun::from_name(name).unwrap_or_else(|| {
-        errs.push(
-            "server.io_uring_task_run",
-            format!("unknown mode `{name}`; use defer, coop or interrupt"),
-        );
-        TaskRun::Defer
-    });
+    let task_run = TaskRun::parse(s.io_uring_task_run.as_deref().unwrap_or("defer"))
+        .unwrap_or_else(|e| {
+            errs.push("server.io_uring_task_run", e);
+            TaskRun::Defer
+        });
     let d = Limits::default();
     let limits = Limits {
         max_header_bytes: positive(
@@ -624,10 +617,16 @@ mod tests {
             ("io_uring", DriverChoice::IoUring),
             ("legacy", DriverChoice::Legacy),
         ] {
-            assert_eq!(DriverChoice::from_name(n), Some(d));
+            assert_eq!(DriverChoice::parse(n), Ok(d));
         }
-        assert_eq!(DriverChoice::from_name("epoll"), None);
-        assert_eq!(DriverChoice::from_name("IO_URING"), None);
+        for bad in ["epoll", "IO_URING"] {
+            assert_eq!(
+                DriverChoice::parse(bad),
+                Err(format!(
+                    "unknown driver `{bad}`; use auto, io_uring or legacy"
+                ))
+            );
+        }
     }
 
     #[test]

@@ -156,13 +156,15 @@ pub enum DriverChoice {
 
 impl DriverChoice {
     /// The driver a config or command line names: `auto`, `io_uring` or
-    /// `legacy`.
-    pub fn from_name(name: &str) -> Option<DriverChoice> {
+    /// `legacy`; else the error both report.
+    pub fn parse(name: &str) -> Result<DriverChoice, String> {
         match name {
-            "auto" => Some(DriverChoice::Auto),
-            "io_uring" => Some(DriverChoice::IoUring),
-            "legacy" => Some(DriverChoice::Legacy),
-            _ => None,
+            "auto" => Ok(DriverChoice::Auto),
+            "io_uring" => Ok(DriverChoice::IoUring),
+            "legacy" => Ok(DriverChoice::Legacy),
+            _ => Err(format!(
+                "unknown driver `{name}`; use auto, io_uring or legacy"
+            )),
         }
     }
 }
@@ -185,13 +187,15 @@ pub enum TaskRun {
 
 impl TaskRun {
     /// The mode a config or command line names: `defer`, `coop` or
-    /// `interrupt`.
-    pub fn from_name(name: &str) -> Option<TaskRun> {
+    /// `interrupt`; else the error both report.
+    pub fn parse(name: &str) -> Result<TaskRun, String> {
         match name {
-            "defer" => Some(TaskRun::Defer),
-            "coop" => Some(TaskRun::Coop),
-            "interrupt" => Some(TaskRun::Interrupt),
-            _ => None,
+            "defer" => Ok(TaskRun::Defer),
+            "coop" => Ok(TaskRun::Coop),
+            "interrupt" => Ok(TaskRun::Interrupt),
+            _ => Err(format!(
+                "unknown mode `{name}`; use defer, coop or interrupt"
+            )),
         }
     }
 }
