@@ -39,25 +39,44 @@ pub(crate) fn skip_ws(t: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// The brackets (`{`, `[`, `}`, `]`) of `t` that lie outside strings, in
+/// order, with their offsets: the walk the depth checks below share. A
+/// string that does not end yields its opening quote, `"`, and ends it.
+pub(crate) fn brackets(t: &[u8]) -> impl Iterator<Item = (usize, u8)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while let Some(&c) = t.get(i) {
+            let at = i;
+            i += 1;
+            match c {
+                b'"' => match string_end(t, at) {
+                    Some((close, _)) => i = close + 1,
+                    None => {
+                        i = t.len();
+                        return Some((at, c));
+                    }
+                },
+                b'{' | b'[' | b'}' | b']' => return Some((at, c)),
+                _ => {}
+            }
+        }
+        None
+    })
+}
+
 /// `rest` (what follows a member's value) closes the object the member is
 /// in, and that object was the outermost: exactly one unmatched `}`,
 /// followed only by whitespace.
 pub(crate) fn closes_top_level(rest: &[u8]) -> bool {
     let mut depth = 0usize;
-    let mut i = 0;
-    while i < rest.len() {
-        match rest[i] {
-            b'"' => match string_end(rest, i) {
-                Some((e, _)) => i = e,
-                None => return false,
-            },
+    for (at, c) in brackets(rest) {
+        match c {
             b'{' | b'[' => depth += 1,
             b'}' | b']' if depth > 0 => depth -= 1,
-            b'}' => return skip_ws(rest, i + 1) == rest.len(),
-            b']' => return false,
-            _ => {}
+            b'}' => return skip_ws(rest, at + 1) == rest.len(),
+            // An unmatched `]`, or a string that does not end.
+            _ => return false,
         }
-        i += 1;
     }
     false
 }
@@ -82,5 +101,31 @@ mod tests {
         assert_eq!(skip_ws(b" \t\r\n:x", 0), 4);
         assert_eq!(skip_ws(b"\x0c:", 0), 0, "form feed is not JSON whitespace");
         assert_eq!(skip_ws(b"  ", 0), 2);
+    }
+
+    #[test]
+    fn brackets_outside_strings() {
+        let t = br#"{"a[":[1,"]\\"],"b":{}}"#;
+        let got: Vec<_> = brackets(t).collect();
+        assert_eq!(
+            got,
+            [
+                (0, b'{'),
+                (6, b'['),
+                (14, b']'),
+                (20, b'{'),
+                (21, b'}'),
+                (22, b'}')
+            ]
+        );
+        assert_eq!(
+            brackets(br#"[{"open"#).collect::<Vec<_>>(),
+            [(0, b'['), (1, b'{'), (2, b'"')]
+        );
+        assert!(closes_top_level(br#","x":[1,{"}":"]"}]} "#));
+        assert!(!closes_top_level(br#"}}"#));
+        assert!(!closes_top_level(br#"],"x":1}"#));
+        assert!(!closes_top_level(br#","x":"}"#));
+        assert!(!closes_top_level(br#","x":1"#));
     }
 }

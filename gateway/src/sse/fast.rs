@@ -31,7 +31,7 @@
 use std::borrow::Cow;
 
 use super::decode::Decoded;
-use crate::json_bytes::{closes_top_level, string_end};
+use crate::json_bytes::{brackets, closes_top_level, string_end};
 use crate::usage::body::usage_object;
 
 /// Most text pieces (choices) read on the fast path.
@@ -155,21 +155,16 @@ pub fn decode(data: &[u8], on_text: &mut impl FnMut(&str)) -> Option<Decoded> {
 /// for the rare keys whose depth matters.
 fn top_level(t: &[u8], key: usize) -> bool {
     let mut depth = 0usize;
-    let mut i = 0;
-    while i < key {
-        match t[i] {
-            b'"' => match string_end(t, i) {
-                Some((close, _)) => i = close,
-                None => return false,
-            },
+    for (_, c) in brackets(t).take_while(|&(at, _)| at < key) {
+        match c {
             b'{' | b'[' => depth += 1,
-            b'}' | b']' => match depth.checked_sub(1) {
+            // A string that does not end.
+            b'"' => return false,
+            _ => match depth.checked_sub(1) {
                 Some(d) if d > 0 => depth = d,
                 _ => return false,
             },
-            _ => {}
         }
-        i += 1;
     }
     depth == 1
 }
