@@ -154,8 +154,13 @@ pub fn decode(data: &[u8], on_text: &mut impl FnMut(&str)) -> Option<Decoded> {
 /// before it. Walks what precedes it, strings skipped whole; called only
 /// for the rare keys whose depth matters.
 fn top_level(t: &[u8], key: usize) -> bool {
+    // Strings before the key end before it: the decoder found the key by
+    // walking them.
+    let Some(before) = t.get(..key) else {
+        return false;
+    };
     let mut depth = 0usize;
-    for (_, c) in brackets(t).take_while(|&(at, _)| at < key) {
+    for (_, c) in brackets(before) {
         match c {
             b'{' | b'[' => depth += 1,
             // A string that does not end.
