@@ -2,7 +2,8 @@
 //! key without parsing the whole document share (`sse::fast`,
 //! `sse::deferred`, `usage::body`): where a string ends, whether a quote
 //! is escaped, skipping whitespace, whether a member belongs to the
-//! outermost object.
+//! outermost object; and the 16-byte finder of the bytes that stop a
+//! string's plain run, which the routing scan shares with them.
 
 /// End of the JSON string whose opening quote is at `open`: the index of
 /// its closing quote and whether the string has escapes. `None` when the
@@ -11,13 +12,28 @@ pub(crate) fn string_end(t: &[u8], open: usize) -> Option<(usize, bool)> {
     let mut i = open + 1;
     let mut escaped = false;
     loop {
-        let rel = memchr::memchr2(b'"', b'\\', t.get(i..)?)?;
-        let at = i + rel;
-        if t[at] == b'"' {
-            return Some((at, escaped));
+        i = next_special(t, i);
+        match t.get(i)? {
+            b'"' => return Some((i, escaped)),
+            b'\\' => {
+                escaped = true;
+                i += 2;
+            }
+            // A control byte: invalid JSON, not the string's end.
+            _ => i += 1,
         }
-        escaped = true;
-        i = at + 2;
+    }
+}
+
+/// Index of the first `"` of `t` at or after `i`, skipping whatever else
+/// [`next_special`] stops at.
+pub(crate) fn next_quote(t: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        i = next_special(t, i);
+        match t.get(i)? {
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
     }
 }
 
@@ -81,9 +97,148 @@ pub(crate) fn closes_top_level(rest: &[u8]) -> bool {
     false
 }
 
+/// Index of the first byte at or after `i` that stops a string's plain
+/// run: `"`, `\\` or a control character (< 0x20); `b.len()` when there
+/// is none. Bytes of 0x80 and up are plain (UTF-8 is checked beforehand).
+#[inline]
+pub(crate) fn next_special(b: &[u8], mut i: usize) -> usize {
+    while let Some(chunk) = b.get(i..i + LANES) {
+        let hits = special_lanes(chunk);
+        if hits != 0 {
+            return i + hits.trailing_zeros() as usize;
+        }
+        i += LANES;
+    }
+    // The tail, padded with a plain byte.
+    let rest = b.get(i..).unwrap_or_default();
+    let mut tail = [b' '; LANES];
+    tail[..rest.len()].copy_from_slice(rest);
+    match special_lanes(&tail) {
+        0 => b.len(),
+        hits => (i + hits.trailing_zeros() as usize).min(b.len()),
+    }
+}
+
+/// Bytes classified per call of [`special_lanes`].
+pub(crate) const LANES: usize = 16;
+
+/// Bit `k` set when `chunk[k]` (of exactly [`LANES`] bytes) is `"`, `\\`
+/// or below 0x20. SSE2, which every x86-64 CPU has.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn special_lanes(chunk: &[u8]) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    assert!(chunk.len() >= LANES);
+    // SAFETY: the assert above keeps the 16-byte load inside `chunk`, and
+    // `_mm_loadu_si128` has no alignment requirement. The rest are
+    // register-only SSE2 instructions, part of the x86-64 baseline, so
+    // they exist on every CPU this target runs on.
+    unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr().cast());
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        // Unsigned v <= 0x1f exactly when max(v, 0x1f) == 0x1f.
+        let low = _mm_set1_epi8(0x1f);
+        let control = _mm_cmpeq_epi8(_mm_max_epu8(v, low), low);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+    }
+}
+
+/// [`special_lanes`] a word at a time, where SSE2 is not available (and
+/// in tests, against the same reference). The zero-byte trick only
+/// misreports bytes above a real hit, so the lowest set bit, the only one
+/// read, is exact.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+#[inline]
+pub(crate) fn special_lanes_swar(chunk: &[u8]) -> u32 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let word = |w: &[u8]| -> u32 {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(w);
+        let x = u64::from_le_bytes(x);
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HI;
+        let quote = zero(x ^ (ONES * u64::from(b'"')));
+        let backslash = zero(x ^ (ONES * u64::from(b'\\')));
+        let control = x.wrapping_sub(ONES * 0x20) & !x & HI;
+        let m = quote | backslash | control;
+        if m == 0 {
+            0
+        } else {
+            1 << (m.trailing_zeros() / 8)
+        }
+    };
+    match word(&chunk[..8]) {
+        0 => word(&chunk[8..LANES]) << 8,
+        lo => lo,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+use special_lanes_swar as special_lanes;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_byte_finder_is_exact() {
+        // Every byte value at every position of bodies around the lane width,
+        // after plain bytes of several kinds (ASCII, non-ASCII, the borders of
+        // the control range), against a byte-by-byte reference.
+        let reference = |b: &[u8], i: usize| {
+            (i..b.len())
+                .find(|&k| b[k] == b'"' || b[k] == b'\\' || b[k] < 0x20)
+                .unwrap_or(b.len())
+        };
+        for len in [1, 7, 8, 15, 16, 17, 31, 32, 33, 40] {
+            for pos in 0..len {
+                for byte in 0..=255u8 {
+                    for fill in [b'a', b' ', b'~', 0x21, 0x7f, 0x80, 0xe6, 0xff] {
+                        let mut b = vec![fill; len];
+                        b[pos] = byte;
+                        for start in [0, pos.saturating_sub(1), pos] {
+                            assert_eq!(
+                                next_special(&b, start),
+                                reference(&b, start),
+                                "byte {byte:#x} at {pos} of {len}, fill {fill:#x}, from {start}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // The word-at-a-time version (other targets): its lowest hit is exact.
+        for pos in 0..LANES {
+            for byte in 0..=255u8 {
+                for fill in [b'a', b' ', 0x21, 0x7f, 0x80, 0xff] {
+                    let mut lane = [fill; LANES];
+                    lane[pos] = byte;
+                    let want = if byte == b'"' || byte == b'\\' || byte < 0x20 {
+                        pos
+                    } else {
+                        LANES
+                    };
+                    let got = special_lanes_swar(&lane);
+                    let got = if got == 0 {
+                        LANES
+                    } else {
+                        got.trailing_zeros() as usize
+                    };
+                    assert_eq!(got, want, "byte {byte:#x} at {pos}, fill {fill:#x}");
+                }
+            }
+        }
+        // Two hits in one lane: the first is found.
+        let b = b"abc\\\"def\"ghijklmnopq";
+        assert_eq!(next_special(b, 0), 3);
+        assert_eq!(next_special(b, 0), reference(b, 0));
+        assert_eq!(next_special(b"", 0), 0);
+        assert_eq!(next_special(b"abc", 3), 3);
+    }
 
     #[test]
     fn strings_quotes_and_whitespace() {

@@ -30,6 +30,8 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
+use crate::json_bytes::next_special;
+
 /// serde_json's recursion limit: a body may nest at most one container
 /// fewer than this (127 levels, the top-level object included).
 pub const MAX_DEPTH: usize = 128;
@@ -552,89 +554,6 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 }
-
-/// Index of the first byte at or after `i` that stops a string's plain
-/// run: `"`, `\\` or a control character (< 0x20); `b.len()` when there
-/// is none. Bytes of 0x80 and up are plain (UTF-8 is checked beforehand).
-#[inline]
-fn next_special(b: &[u8], mut i: usize) -> usize {
-    while let Some(chunk) = b.get(i..i + LANES) {
-        let hits = special_lanes(chunk);
-        if hits != 0 {
-            return i + hits.trailing_zeros() as usize;
-        }
-        i += LANES;
-    }
-    // The tail, padded with a plain byte.
-    let rest = b.get(i..).unwrap_or_default();
-    let mut tail = [b' '; LANES];
-    tail[..rest.len()].copy_from_slice(rest);
-    match special_lanes(&tail) {
-        0 => b.len(),
-        hits => (i + hits.trailing_zeros() as usize).min(b.len()),
-    }
-}
-
-/// Bytes classified per call of [`special_lanes`].
-const LANES: usize = 16;
-
-/// Bit `k` set when `chunk[k]` (of exactly [`LANES`] bytes) is `"`, `\\`
-/// or below 0x20. SSE2, which every x86-64 CPU has.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn special_lanes(chunk: &[u8]) -> u32 {
-    use std::arch::x86_64::{
-        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
-        _mm_set1_epi8,
-    };
-    assert!(chunk.len() >= LANES);
-    // SAFETY: the assert above keeps the 16-byte load inside `chunk`, and
-    // `_mm_loadu_si128` has no alignment requirement. The rest are
-    // register-only SSE2 instructions, part of the x86-64 baseline, so
-    // they exist on every CPU this target runs on.
-    unsafe {
-        let v = _mm_loadu_si128(chunk.as_ptr().cast());
-        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
-        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
-        // Unsigned v <= 0x1f exactly when max(v, 0x1f) == 0x1f.
-        let low = _mm_set1_epi8(0x1f);
-        let control = _mm_cmpeq_epi8(_mm_max_epu8(v, low), low);
-        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
-    }
-}
-
-/// [`special_lanes`] a word at a time, where SSE2 is not available (and
-/// in tests, against the same reference). The zero-byte trick only
-/// misreports bytes above a real hit, so the lowest set bit, the only one
-/// read, is exact.
-#[cfg(any(test, not(target_arch = "x86_64")))]
-#[inline]
-fn special_lanes_swar(chunk: &[u8]) -> u32 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let word = |w: &[u8]| -> u32 {
-        let mut x = [0u8; 8];
-        x.copy_from_slice(w);
-        let x = u64::from_le_bytes(x);
-        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HI;
-        let quote = zero(x ^ (ONES * u64::from(b'"')));
-        let backslash = zero(x ^ (ONES * u64::from(b'\\')));
-        let control = x.wrapping_sub(ONES * 0x20) & !x & HI;
-        let m = quote | backslash | control;
-        if m == 0 {
-            0
-        } else {
-            1 << (m.trailing_zeros() / 8)
-        }
-    };
-    match word(&chunk[..8]) {
-        0 => word(&chunk[8..LANES]) << 8,
-        lo => lo,
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-use special_lanes_swar as special_lanes;
 
 /// Decodes the escapes of a string body already checked by `skip_string`.
 /// Returns `None` for a lone or mismatched UTF-16 surrogate.

@@ -160,30 +160,104 @@ fn usage_present(data: &[u8]) -> bool {
 fn keys_in(data: &[u8], from: usize, to: usize) -> impl Iterator<Item = usize> + '_ {
     let mut pos = from;
     std::iter::from_fn(move || {
-        let at = pos + find_key(data.get(pos..to)?)?;
+        let at = find_key(data, pos, to)?;
         pos = at + 1;
         Some(at)
     })
 }
 
-/// First `"usage"` in `hay`. The range where an event differs from the
-/// base is a few bytes: there a loop over its quotes beats the substring
-/// searcher's set-up (~150 instructions a call).
-fn find_key(hay: &[u8]) -> Option<usize> {
+/// First `"usage"` that lies in `data[from..to]`. The range where an
+/// event differs from the base is a few bytes: there a walk over the
+/// places a `"u` starts ([`next_u`]) beats the substring searcher's
+/// set-up (~150 instructions a call).
+fn find_key(data: &[u8], from: usize, to: usize) -> Option<usize> {
+    let hay = data.get(from..to)?;
     if hay.len() >= SHORT {
-        return FINDER.find(hay);
+        return FINDER.find(hay).map(|rel| from + rel);
     }
-    let last = hay.len().checked_sub(KEY)?;
-    let mut from = 0;
-    while let Some(rel) = hay.get(from..=last)?.iter().position(|&b| b == b'"') {
-        let at = from + rel;
-        if hay[at..at + KEY] == *b"\"usage\"" {
-            return Some(at);
+    // A key lies in the range when it starts before `stop`.
+    let stop = (to + 1).checked_sub(KEY)?;
+    let mut i = from;
+    loop {
+        i = next_u(data, i, stop);
+        if i >= stop {
+            return None;
         }
-        from = at + 1;
+        if data[i..i + KEY] == *b"\"usage\"" {
+            return Some(i);
+        }
+        i += 1;
     }
-    None
 }
+
+/// The first `k` in `i..end` where `data[k]` is `"` or `\\` and
+/// `data[k + 1]` is `u`: where a `"usage"` key or a `\\u` escape can
+/// start (`end` when there is none). Both checks here look only at such
+/// places; in the bytes an event changes they are rare, where quotes are
+/// not (a content delta's span holds the quotes around its text). Reads
+/// up to 16 bytes past `end` where `data` has them.
+fn next_u(data: &[u8], mut i: usize, end: usize) -> usize {
+    while i < end {
+        let Some(window) = data.get(i..i + LANES + 1) else {
+            break;
+        };
+        let hits = u_lanes(window);
+        if hits != 0 {
+            return (i + hits.trailing_zeros() as usize).min(end);
+        }
+        i += LANES;
+    }
+    while i < end {
+        if u_at(data, i) {
+            return i;
+        }
+        i += 1;
+    }
+    end
+}
+
+/// Positions a [`next_u`] step looks at.
+const LANES: usize = 16;
+
+/// `data[k]` is `"` or `\\`, and `data[k + 1]` is `u`.
+fn u_at(data: &[u8], k: usize) -> bool {
+    matches!(data[k], b'"' | b'\\') && data.get(k + 1) == Some(&b'u')
+}
+
+/// Bit `k` set when [`u_at`]`(window, k)`, for `k` below [`LANES`]
+/// (`window` has at least `LANES + 1` bytes). SSE2, which every x86-64
+/// CPU has.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn u_lanes(window: &[u8]) -> u32 {
+    use std::arch::x86_64::{
+        _mm_and_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    assert!(window.len() > LANES);
+    // SAFETY: the assert keeps both 16-byte loads (at 0 and at 1) inside
+    // `window`; `_mm_loadu_si128` has no alignment requirement, and the
+    // rest are register-only SSE2 instructions of the x86-64 baseline.
+    unsafe {
+        let at = _mm_loadu_si128(window.as_ptr().cast());
+        let next = _mm_loadu_si128(window.as_ptr().add(1).cast());
+        let quote = _mm_cmpeq_epi8(at, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(at, _mm_set1_epi8(b'\\' as i8));
+        let u = _mm_cmpeq_epi8(next, _mm_set1_epi8(b'u' as i8));
+        _mm_movemask_epi8(_mm_and_si128(_mm_or_si128(quote, backslash), u)) as u32
+    }
+}
+
+/// [`u_lanes`] a byte at a time: other targets, and the tests' reference.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn u_lanes_bytes(window: &[u8]) -> u32 {
+    (0..LANES)
+        .filter(|&k| u_at(window, k))
+        .fold(0, |m, k| m | 1 << k)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+use u_lanes_bytes as u_lanes;
 
 /// Below this many bytes a search is a plain loop.
 const SHORT: usize = 64;
@@ -270,9 +344,17 @@ fn escaped_usage_letter(data: &[u8], within: std::ops::Range<usize>) -> bool {
     // The span is usually the few bytes where an event differs from the
     // base: a loop there, the vectorised search for long ones.
     if span.len() < SHORT {
-        span.iter()
-            .enumerate()
-            .any(|(rel, &b)| b == b'\\' && letter(rel))
+        let (mut i, end) = (from, from + span.len());
+        loop {
+            i = next_u(data, i, end);
+            if i >= end {
+                return false;
+            }
+            if data[i] == b'\\' && letter(i - from) {
+                return true;
+            }
+            i += 1;
+        }
     } else {
         memchr::memchr_iter(b'\\', span).any(letter)
     }
@@ -310,6 +392,39 @@ mod tests {
         format!(
             "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{c}}},\"finish_reason\":null}}],\"usage\":null}}\n\n"
         )
+    }
+
+    #[test]
+    fn u_finder_is_exact() {
+        // `"u` and `\\u` at every position of texts around the lane
+        // width, next to decoys (`"x`, `u` alone, `\\"`), for every range,
+        // against a byte-at-a-time reference.
+        let reference =
+            |b: &[u8], i: usize, end: usize| (i..end).find(|&k| u_at(b, k)).unwrap_or(end);
+        for len in [0, 1, 2, 15, 16, 17, 18, 33, 40] {
+            for pat in [&b"\"u"[..], b"\\u", b"\"x", b"xu", b"\\\"", b"u\""] {
+                for pos in 0..len.max(1) {
+                    let mut b = vec![b'a'; len];
+                    for (k, &c) in pat.iter().enumerate() {
+                        if let Some(slot) = b.get_mut(pos + k) {
+                            *slot = c;
+                        }
+                    }
+                    for end in 0..=len {
+                        for i in 0..=end {
+                            assert_eq!(
+                                next_u(&b, i, end),
+                                reference(&b, i, end),
+                                "{pat:?} at {pos} of {len}, {i}..{end}"
+                            );
+                        }
+                    }
+                    if let Some(w) = b.get(..LANES + 1) {
+                        assert_eq!(u_lanes(w), u_lanes_bytes(w), "{pat:?} at {pos}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

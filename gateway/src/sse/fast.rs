@@ -7,7 +7,7 @@
 //! more than relaying the event; a 1,000-event stream spent more CPU in
 //! the gateway than in nginx because of it, and the one usage chunk of a
 //! short stream still cost a tenth of the stream's user-space
-//! instructions. This path walks the event's strings once with `memchr`
+//! instructions. This path walks the event's strings once, 16 bytes at a step
 //! (every key is a string followed by `:`) and looks only at the keys
 //! accounting needs. It gives up, and the caller runs the full decoder,
 //! on anything it does not handle exactly like the full decoder: `error`,
@@ -31,7 +31,7 @@
 use std::borrow::Cow;
 
 use super::decode::Decoded;
-use crate::json_bytes::{brackets, closes_top_level, string_end};
+use crate::json_bytes::{brackets, closes_top_level, next_quote, string_end};
 use crate::usage::body::usage_object;
 
 /// Most text pieces (choices) read on the fast path.
@@ -70,8 +70,7 @@ pub fn decode(data: &[u8], on_text: &mut impl FnMut(&str)) -> Option<Decoded> {
     // `usage` and `choices` keys seen at any depth; where an empty
     // `choices` key is.
     let (mut usage_keys, mut choices_keys, mut empty_choices) = (0u32, 0u32, None);
-    while let Some(rel) = memchr::memchr(b'"', t.get(i..)?) {
-        let open = i + rel;
+    while let Some(open) = next_quote(t, i) {
         let (close, escaped) = string_end(t, open)?;
         let colon = skip_ws(t, close + 1);
         if t.get(colon) != Some(&b':') {

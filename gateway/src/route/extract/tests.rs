@@ -136,62 +136,6 @@ fn depth_limit() {
 }
 
 #[test]
-fn special_byte_finder_is_exact() {
-    // Every byte value at every position of bodies around the lane width,
-    // after plain bytes of several kinds (ASCII, non-ASCII, the borders of
-    // the control range), against a byte-by-byte reference.
-    let reference = |b: &[u8], i: usize| {
-        (i..b.len())
-            .find(|&k| b[k] == b'"' || b[k] == b'\\' || b[k] < 0x20)
-            .unwrap_or(b.len())
-    };
-    for len in [1, 7, 8, 15, 16, 17, 31, 32, 33, 40] {
-        for pos in 0..len {
-            for byte in 0..=255u8 {
-                for fill in [b'a', b' ', b'~', 0x21, 0x7f, 0x80, 0xe6, 0xff] {
-                    let mut b = vec![fill; len];
-                    b[pos] = byte;
-                    for start in [0, pos.saturating_sub(1), pos] {
-                        assert_eq!(
-                            next_special(&b, start),
-                            reference(&b, start),
-                            "byte {byte:#x} at {pos} of {len}, fill {fill:#x}, from {start}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-    // The word-at-a-time version (other targets): its lowest hit is exact.
-    for pos in 0..LANES {
-        for byte in 0..=255u8 {
-            for fill in [b'a', b' ', 0x21, 0x7f, 0x80, 0xff] {
-                let mut lane = [fill; LANES];
-                lane[pos] = byte;
-                let want = if byte == b'"' || byte == b'\\' || byte < 0x20 {
-                    pos
-                } else {
-                    LANES
-                };
-                let got = special_lanes_swar(&lane);
-                let got = if got == 0 {
-                    LANES
-                } else {
-                    got.trailing_zeros() as usize
-                };
-                assert_eq!(got, want, "byte {byte:#x} at {pos}, fill {fill:#x}");
-            }
-        }
-    }
-    // Two hits in one lane: the first is found.
-    let b = b"abc\\\"def\"ghijklmnopq";
-    assert_eq!(next_special(b, 0), 3);
-    assert_eq!(next_special(b, 0), reference(b, 0));
-    assert_eq!(next_special(b"", 0), 0);
-    assert_eq!(next_special(b"abc", 3), 3);
-}
-
-#[test]
 fn utf8_in_strings() {
     assert_eq!(model_of(r#"{"model":"m","x":"日本語 😀 é"}"#).unwrap(), "m");
     assert_eq!(model_of(r#"{"model":"日本"}"#).unwrap(), "日本");
