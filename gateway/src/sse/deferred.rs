@@ -190,8 +190,8 @@ fn find_key(data: &[u8], from: usize, to: usize) -> Option<usize> {
     }
 }
 
-/// The first `k` in `i..end` where `data[k]` is `"` or `\\` and
-/// `data[k + 1]` is `u`: where a `"usage"` key or a `\\u` escape can
+/// The first `k` in `i..end` where `data[k]` is `"` or `\` and
+/// `data[k + 1]` is `u`: where a `"usage"` key or a `\u` escape can
 /// start (`end` when there is none). Both checks here look only at such
 /// places; in the bytes an event changes they are rare, where quotes are
 /// not (a content delta's span holds the quotes around its text). Reads
@@ -219,7 +219,7 @@ fn next_u(data: &[u8], mut i: usize, end: usize) -> usize {
 /// Positions a [`next_u`] step looks at.
 const LANES: usize = 16;
 
-/// `data[k]` is `"` or `\\`, and `data[k + 1]` is `u`.
+/// `data[k]` is `"` or `\`, and `data[k + 1]` is `u`.
 fn u_at(data: &[u8], k: usize) -> bool {
     matches!(data[k], b'"' | b'\\') && data.get(k + 1) == Some(&b'u')
 }
@@ -396,8 +396,8 @@ mod tests {
 
     #[test]
     fn u_finder_is_exact() {
-        // `"u` and `\\u` at every position of texts around the lane
-        // width, next to decoys (`"x`, `u` alone, `\\"`), for every range,
+        // `"u` and `\u` at every position of texts around the lane
+        // width, next to decoys (`"x`, `u` alone, `\"`), for every range,
         // against a byte-at-a-time reference.
         let reference =
             |b: &[u8], i: usize, end: usize| (i..end).find(|&k| u_at(b, k)).unwrap_or(end);
