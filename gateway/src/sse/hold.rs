@@ -22,6 +22,13 @@
 /// Size of one block of records.
 const BLOCK: usize = 16 * 1024;
 
+/// Most bytes of a record's head: a tag and three LEB128 numbers.
+const HEAD: usize = 1 + 3 * 10;
+
+/// A difference of at most this many bytes is copied with its head in
+/// one step.
+const SMALL: usize = 32;
+
 const BASE: u8 = 0;
 const DIFF: u8 = 1;
 
@@ -76,7 +83,7 @@ impl Hold {
 
     /// Most bytes one [`push`](Self::push) of `data` adds.
     pub fn bound(data: &[u8]) -> usize {
-        1 + 3 * 10 + data.len()
+        HEAD + data.len()
     }
 
     /// How `data` compares with the base event.
@@ -110,7 +117,7 @@ impl Hold {
             (0, 0)
         };
         self.last = (p, s);
-        let mut head = [0u8; 31];
+        let mut head = [0u8; HEAD + SMALL];
         let mut n = 0;
         let whole = self.base.is_none() || 2 * (p + s) < data.len();
         let middle = if whole {
@@ -136,11 +143,21 @@ impl Hold {
         }
         let last = self.blocks.len() - 1;
         let block = &mut self.blocks[last];
-        block.extend_from_slice(&head[..n]);
         if whole {
+            block.extend_from_slice(&head[..n]);
             self.base = Some((last, block.len(), middle.len()));
+            block.extend_from_slice(middle);
+        } else if middle.len() <= SMALL
+            && let (Some(slot), Some(src)) = (head.get_mut(n..n + SMALL), data.get(p..p + SMALL))
+        {
+            // A content delta's few bytes go after the head in a copy of
+            // fixed length (no call), then the record is copied once.
+            slot.copy_from_slice(src);
+            block.extend_from_slice(&head[..need]);
+        } else {
+            block.extend_from_slice(&head[..n]);
+            block.extend_from_slice(middle);
         }
-        block.extend_from_slice(middle);
         self.len += need;
     }
 
@@ -255,10 +272,17 @@ fn suffix_from_guess(a: &[u8], b: &[u8], guess: usize) -> usize {
     let g = guess.min(a.len()).min(b.len());
     let (ta, tb) = (a.len() - g, b.len() - g);
     if a[ta..] == b[tb..] {
-        g + common_suffix(&a[..ta], &b[..tb])
-    } else {
-        common_suffix(&a[ta..], &b[tb..])
+        return g + common_suffix(&a[..ta], &b[..tb]);
     }
+    // A miss is usually a guess a byte or two long (the last event's text
+    // ended, by chance, in the letter the base's does): 16 bytes shorter is
+    // tried before the whole guessed run is scanned. The 16 bytes between
+    // then hold the difference.
+    let h = g.saturating_sub(16);
+    if h > 0 && a[a.len() - h..] == b[b.len() - h..] {
+        return h + common_suffix(&a[ta..a.len() - h], &b[tb..b.len() - h]);
+    }
+    common_suffix(&a[ta..], &b[tb..])
 }
 
 /// Length of the common prefix of `a` and `b`, 16 bytes per step.
