@@ -118,6 +118,12 @@ impl ChunkedDecoder {
                     if size == 0 {
                         self.meta = 0;
                         self.state = State::TrailerStart;
+                    } else if let Some(end) = whole_chunk(input, i, size) {
+                        // The whole chunk and its CRLF are here too (an
+                        // SSE event usually is one chunk): taken in the
+                        // same step, the state stays at a chunk start.
+                        on_data(&input[i..end]);
+                        i = end + 2;
                     } else {
                         self.remaining = size;
                         self.state = State::Data;
@@ -242,6 +248,14 @@ fn size_line(input: &[u8]) -> Option<(u64, usize)> {
         size = (size << 4) | u64::from(v);
     }
     None
+}
+
+/// The end of the `size` bytes of chunk data starting at `at` when they
+/// and the CRLF after them are all in `input`; `None` otherwise (the
+/// byte-wise path reads them, and reports a missing CRLF).
+fn whole_chunk(input: &[u8], at: usize, size: u64) -> Option<usize> {
+    let end = at.checked_add(usize::try_from(size).ok()?)?;
+    (input.get(end..end.checked_add(2)?)? == b"\r\n").then_some(end)
 }
 
 /// The value of a hex digit.
