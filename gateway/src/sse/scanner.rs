@@ -152,8 +152,19 @@ enum Data<'a> {
 
 impl<'a> Fields<'a> {
     /// Processes one complete, non-empty line without its line ending.
+    /// Almost every line of an LLM stream is an event's one `data` line:
+    /// that case is inlined into the scan, the rest is a call.
+    #[inline]
     fn line(&mut self, line: &'a [u8], joined: &mut Vec<u8>, cap: usize) {
-        // Almost every line of an LLM stream.
+        if let (Some(v), Data::None) = (line.strip_prefix(b"data:"), self.data) {
+            self.data = Data::One(v.strip_prefix(b" ").unwrap_or(v));
+            return;
+        }
+        self.other_line(line, joined, cap);
+    }
+
+    /// [`line`](Self::line) for every other line.
+    fn other_line(&mut self, line: &'a [u8], joined: &mut Vec<u8>, cap: usize) {
         if let Some(v) = line.strip_prefix(b"data:") {
             self.data(v.strip_prefix(b" ").unwrap_or(v), joined, cap);
             return;
