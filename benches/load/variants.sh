@@ -62,7 +62,7 @@ pport=19280
 for v in ${PROBES:-}; do
   IFS=: read -r name flags <<< "$v"; pport=$((pport + 1))
   # shellcheck disable=SC2086
-  $probe 127.0.0.1:$pport $MOCK ${flags//,/ } 2>"$dir/$name.log" & pids+=($!)
+  $probe 127.0.0.1:$pport $MOCK ${flags//,/ } >/dev/null 2>"$dir/$name.log" & pids+=($!)
   names+=("$name"); addrs+=(127.0.0.1:$pport); sut+=("$!")
 done
 for a in $MOCK "${addrs[@]}" 127.0.0.1:19299; do

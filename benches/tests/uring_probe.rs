@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type R<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -159,25 +159,26 @@ impl Drop for Probe {
 }
 
 fn start_probe(up: SocketAddr, flags: &[&str]) -> R<Probe> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let child = Command::new(env!("CARGO_BIN_EXE_uring-probe"))
-        .arg(addr.to_string())
+    // The probe picks its own port and says which: a port picked here and
+    // released could be picked again by a probe of a test running beside
+    // this one, and this test would then talk to that probe.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uring-probe"))
+        .arg("127.0.0.1:0")
         .arg(up.to_string())
         .args(flags)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()?;
-    let mut p = Probe(child, addr);
-    let t0 = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        if let Some(st) = p.0.try_wait()? {
-            return Err(format!("probe {flags:?} exited: {st}").into());
-        }
-        if t0.elapsed() > Duration::from_secs(5) {
-            return Err(format!("probe {flags:?} never listened").into());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut p = Probe(child, "127.0.0.1:0".parse()?);
+    // Ends at the probe's first line, or at EOF if it exits first.
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    let Some(addr) = line.trim().strip_prefix("listening on ") else {
+        let st = p.0.wait()?;
+        return Err(format!("probe {flags:?} did not listen ({st}): {line:?}").into());
+    };
+    p.1 = addr.parse()?;
     Ok(p)
 }
 

@@ -52,7 +52,17 @@ struct Features {
     sqpoll: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// Says on stderr why a connection is closed when the reason is not the
+/// peer leaving (EOF, a reset or a broken pipe), so a test that sees its
+/// connection cut can tell why.
+fn note_failure(role: Role, what: &str, res: i32) {
+    if res < 0 && ![libc::EPIPE, libc::ECONNRESET].contains(&-res) {
+        let e = io::Error::from_raw_os_error(-res);
+        eprintln!("uring-probe: {role:?} {what} failed: {e}");
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Client,
     Upstream,
@@ -595,10 +605,11 @@ impl Proxy {
                 // SAFETY: a successful accept hands us a new descriptor
                 // nobody else owns.
                 let stream = unsafe { TcpStream::from_raw_fd(res) };
-                if let Ok(c) = self.adopt(stream, Role::Client)
-                    && !self.f.multishot
-                {
-                    self.arm_recv(c)?;
+                match self.adopt(stream, Role::Client) {
+                    Ok(c) if !self.f.multishot => self.arm_recv(c)?,
+                    Ok(_) => {}
+                    // The client sees its connection closed: say why.
+                    Err(e) => eprintln!("uring-probe: client not adopted: {e}"),
                 }
             }
             return self.arm_accept();
@@ -629,6 +640,7 @@ impl Proxy {
                     self.rearm.push(i);
                     Ok(())
                 } else {
+                    note_failure(self.socks[i].role, "receive", res);
                     self.failed(i)
                 };
             }
@@ -643,6 +655,7 @@ impl Proxy {
                 return Ok(());
             }
             if res < 0 {
+                note_failure(self.socks[i].role, "send", res);
                 return self.failed(i);
             }
             self.sent(i, res as usize)
@@ -889,6 +902,10 @@ fn start(listen: SocketAddr, upstream: SocketAddr, f: Features) -> io::Result<()
         None
     };
     let listener = TcpListener::bind(listen)?;
+    // With port 0 the kernel picks one: whoever started the probe reads
+    // which from this line (the tests do, so two probes never share one).
+    println!("listening on {}", listener.local_addr()?);
+    io::Write::flush(&mut io::stdout())?;
     let mut p = Proxy {
         ring,
         bufs,
