@@ -247,6 +247,14 @@ mod tests {
         assert_eq!(string_end(t, 10), Some((12, false)));
         assert_eq!(string_end(br#""open"#, 0), None);
         assert_eq!(string_end(br#""tail\"#, 0), None);
+        // The finder also stops at control bytes: skipped, not an end.
+        assert_eq!(string_end(b"\"a\x01b\x1f\"", 0), Some((5, false)));
+        // Past the 16-byte steps, into the padded tail.
+        let long = [&b"\""[..], &[b'x'; 40], b"\\\"\""].concat();
+        assert_eq!(string_end(&long, 0), Some((43, true)));
+        assert_eq!(next_quote(b"{\\\x02 \"k\"", 0), Some(4));
+        assert_eq!(next_quote(&long, 1), Some(42));
+        assert_eq!(next_quote(b"{1 \\ \x03}", 0), None);
         assert!(quote_escaped(t, 4));
         assert!(
             !quote_escaped(t, 8),
