@@ -274,9 +274,9 @@ fn suffix_from_guess(a: &[u8], b: &[u8], guess: usize) -> usize {
     if a[ta..] == b[tb..] {
         return g + common_suffix(&a[..ta], &b[..tb]);
     }
-    // A miss is usually a guess a byte or two long (the last event's text
-    // ended, by chance, in the letter the base's does): 16 bytes shorter is
-    // tried before the whole guessed run is scanned. The 16 bytes between
+    // A miss is usually a guess a byte or two too long (the last event's
+    // text ended, by chance, in the letter the base's does): 16 bytes shorter
+    // is tried before the whole guessed run is scanned; the 16 bytes between
     // then hold the difference.
     let h = g.saturating_sub(16);
     if h > 0 && a[a.len() - h..] == b[b.len() - h..] {
