@@ -25,7 +25,8 @@
 //! buffer that slot holds), and a closed slot is released only when none
 //! of its operations is still in flight.
 //!
-//! `uring-probe LISTEN UPSTREAM [--multishot] [--fixed] [--sqpoll]`
+//! `uring-probe LISTEN UPSTREAM [--multishot] [--fixed] [--sqpoll]`; once
+//! listening it prints `listening on ADDR` (LISTEN may have port 0).
 
 use std::collections::VecDeque;
 use std::io;
