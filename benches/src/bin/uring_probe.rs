@@ -904,7 +904,8 @@ fn start(listen: SocketAddr, upstream: SocketAddr, f: Features) -> io::Result<()
     };
     let listener = TcpListener::bind(listen)?;
     // With port 0 the kernel picks one: whoever started the probe reads
-    // which from this line (the tests do, so two probes never share one).
+    // which from this line (the tests do, so two probes never share one,
+    // and then close the pipe: nothing else is written to stdout).
     println!("listening on {}", listener.local_addr()?);
     io::Write::flush(&mut io::stdout())?;
     let mut p = Proxy {
