@@ -99,7 +99,7 @@ pub(crate) fn closes_top_level(rest: &[u8]) -> bool {
 
 /// Index of the first byte at or after `i` that stops a string's plain
 /// run: `"`, `\\` or a control character (< 0x20); `b.len()` when there
-/// is none. Bytes of 0x80 and up are plain (UTF-8 is checked beforehand).
+/// is none. Bytes of 0x80 and up are plain.
 #[inline]
 pub(crate) fn next_special(b: &[u8], mut i: usize) -> usize {
     while let Some(chunk) = b.get(i..i + LANES) {
@@ -119,7 +119,8 @@ pub(crate) fn next_special(b: &[u8], mut i: usize) -> usize {
     }
 }
 
-/// Bytes classified per call of [`special_lanes`].
+/// Bytes classified per call of [`special_lanes`] (one SSE2 register;
+/// `sse::deferred`'s finder steps by as many).
 pub(crate) const LANES: usize = 16;
 
 /// Bit `k` set when `chunk[k]` (of exactly [`LANES`] bytes) is `"`, `\\`
@@ -153,7 +154,7 @@ fn special_lanes(chunk: &[u8]) -> u32 {
 /// read, is exact.
 #[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline]
-pub(crate) fn special_lanes_swar(chunk: &[u8]) -> u32 {
+fn special_lanes_swar(chunk: &[u8]) -> u32 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
     let word = |w: &[u8]| -> u32 {

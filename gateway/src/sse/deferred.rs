@@ -35,7 +35,7 @@ use std::sync::LazyLock;
 use super::decode::{Decoded, decode_event};
 use super::hold::{Diff, Hold};
 use super::scanner::Event;
-use crate::json_bytes::{quote_escaped, skip_ws};
+use crate::json_bytes::{LANES, quote_escaped, skip_ws};
 
 /// Held bytes per stream before the held events are decoded anyway.
 pub const HOLD_MAX: usize = 256 * 1024;
@@ -177,17 +177,17 @@ fn find_key(data: &[u8], from: usize, to: usize) -> Option<usize> {
     }
     // A key lies in the range when it starts before `stop`.
     let stop = (to + 1).checked_sub(KEY)?;
+    u_starts(data, from, stop).find(|&i| data[i..i + KEY] == *b"\"usage\"")
+}
+
+/// Every [`next_u`] place in `from..end`, in order.
+fn u_starts(data: &[u8], from: usize, end: usize) -> impl Iterator<Item = usize> + '_ {
     let mut i = from;
-    loop {
-        i = next_u(data, i, stop);
-        if i >= stop {
-            return None;
-        }
-        if data[i..i + KEY] == *b"\"usage\"" {
-            return Some(i);
-        }
-        i += 1;
-    }
+    std::iter::from_fn(move || {
+        let k = next_u(data, i, end);
+        i = k + 1;
+        (k < end).then_some(k)
+    })
 }
 
 /// The first `k` in `i..end` where `data[k]` is `"` or `\` and
@@ -215,9 +215,6 @@ fn next_u(data: &[u8], mut i: usize, end: usize) -> usize {
     }
     end
 }
-
-/// Positions a [`next_u`] step looks at.
-const LANES: usize = 16;
 
 /// `data[k]` is `"` or `\`, and `data[k + 1]` is `u`.
 fn u_at(data: &[u8], k: usize) -> bool {
@@ -344,17 +341,7 @@ fn escaped_usage_letter(data: &[u8], within: std::ops::Range<usize>) -> bool {
     // The span is usually the few bytes where an event differs from the
     // base: a loop there, the vectorised search for long ones.
     if span.len() < SHORT {
-        let (mut i, end) = (from, from + span.len());
-        loop {
-            i = next_u(data, i, end);
-            if i >= end {
-                return false;
-            }
-            if data[i] == b'\\' && letter(i - from) {
-                return true;
-            }
-            i += 1;
-        }
+        u_starts(data, from, from + span.len()).any(|i| data[i] == b'\\' && letter(i - from))
     } else {
         memchr::memchr_iter(b'\\', span).any(letter)
     }
@@ -415,6 +402,10 @@ mod tests {
                             assert_eq!(
                                 next_u(&b, i, end),
                                 reference(&b, i, end),
+                                "{pat:?} at {pos} of {len}, {i}..{end}"
+                            );
+                            assert!(
+                                u_starts(&b, i, end).eq((i..end).filter(|&k| u_at(&b, k))),
                                 "{pat:?} at {pos} of {len}, {i}..{end}"
                             );
                         }
