@@ -61,6 +61,10 @@ struct BaseKeys {
     base: (usize, usize, usize),
     /// (start of the key, end of the bytes its check read).
     keys: Vec<(usize, usize)>,
+    /// For the hold's like prefix and suffix lengths: whether every key
+    /// gives the base's answer in an event that has them and no `"u` or
+    /// `\u` near its other bytes ([`keys_kept`]).
+    like: Option<(usize, usize, bool)>,
 }
 
 impl DeferredText {
@@ -78,6 +82,8 @@ impl DeferredText {
         }
         if self.held.len() + Hold::bound(data) > HOLD_MAX {
             self.decode_held();
+        } else if self.hold_like(data) {
+            return Decoded::default();
         }
         // Held events passed the escape check, so only the bytes where
         // this one differs from the base (an escape is 6 bytes) need it.
@@ -90,6 +96,52 @@ impl DeferredText {
         Decoded::default()
     }
 
+    /// Holds a content delta like the ones held before it, if it is one:
+    /// it has the prefix and suffix of the base they all had
+    /// ([`Hold::like_middle`]), and no `"usage"` key or `\u` escape can
+    /// start in or next to its other bytes (no `"u` or `\u` there). Then
+    /// both checks give the base's answer, which was no, unless a base
+    /// key's check reads the changed bytes ([`keys_kept`], once per base
+    /// and lengths). Anything else takes the full way, which has the
+    /// same answer and finds the longest prefix and suffix.
+    fn hold_like(&mut self, data: &[u8]) -> bool {
+        let Some(mid) = self.held.like_middle(data) else {
+            return false;
+        };
+        if next_u(data, mid.start.saturating_sub(KEY - 1), mid.end) < mid.end
+            || !self.like_keys_kept()
+        {
+            return false;
+        }
+        self.held.push_like(data, mid);
+        true
+    }
+
+    /// [`keys_kept`] for the hold's base and like lengths, kept.
+    fn like_keys_kept(&mut self) -> bool {
+        let (Some((base, p, s)), Some(bytes)) = (self.held.like(), self.held.base_bytes()) else {
+            return false;
+        };
+        if self.base_keys.as_ref().is_none_or(|k| k.base != base) {
+            self.base_keys = base_keys(bytes).map(|keys| BaseKeys {
+                base,
+                keys,
+                like: None,
+            });
+        }
+        let Some(k) = self.base_keys.as_mut() else {
+            return false;
+        };
+        match k.like {
+            Some((lp, ls, kept)) if (lp, ls) == (p, s) => kept,
+            _ => {
+                let kept = keys_kept(bytes, p, s, &k.keys);
+                k.like = Some((p, s, kept));
+                kept
+            }
+        }
+    }
+
     /// [`usage_present`], looking only where `data` differs from the base
     /// when it has one: the base passed the full check (it is held), and
     /// bytes equal to the base's give the base's answer.
@@ -98,7 +150,11 @@ impl DeferredText {
             return usage_present(data);
         };
         if self.base_keys.as_ref().is_none_or(|k| k.base != base) {
-            self.base_keys = base_keys(bytes).map(|keys| BaseKeys { base, keys });
+            self.base_keys = base_keys(bytes).map(|keys| BaseKeys {
+                base,
+                keys,
+                like: None,
+            });
         }
         match &self.base_keys {
             Some(k) => usage_present_near(data, p, s, bytes.len(), &k.keys),
@@ -318,6 +374,29 @@ fn usage_present_near(data: &[u8], p: usize, s: usize, m: usize, keys: &[(usize,
     })
 }
 
+/// Whether every `"usage"` key of a base (`keys`, none present) gives the
+/// base's answer in an event that equals the base in its first `p` and
+/// last `s` bytes and has no `"u` or `\u` from `p - 6` to its last
+/// `s` bytes ([`DeferredText::hold_like`]): the cases of
+/// [`usage_present_near`] that look at the event's own bytes. A key well
+/// inside the prefix must not have read past it; a key in the suffix must
+/// keep the byte before its opening quote, and that byte must not be a
+/// backslash (one in the changed bytes could pair it up or not); a key
+/// between is replaced by the changed bytes, or starts in the 6 bytes
+/// before them, where the event has its `"u` too and takes the full way.
+fn keys_kept(base: &[u8], p: usize, s: usize, keys: &[(usize, usize)]) -> bool {
+    let m = base.len();
+    keys.iter().all(|&(at, end)| {
+        if at + (KEY - 1) < p {
+            end <= p
+        } else if at + s < m {
+            true
+        } else {
+            at + s > m && base[at - 1] != b'\\'
+        }
+    })
+}
+
 /// The data has a `\u00XX` escape of a letter of `usage`: the only way a
 /// key can spell it without the bytes `"usage"` (serde unescapes keys).
 /// Decoded at once. Providers that escape text escape non-ASCII
@@ -367,6 +446,18 @@ mod tests {
         let mut s = Scanner::new(1 << 20);
         s.feed(stream, |ev| ds.push(lazy.event(&ev)));
         (eager, (lazy.text().to_string(), ds))
+    }
+
+    /// An event with this data.
+    fn event(data: &[u8]) -> Event<'_> {
+        Event {
+            start: 0,
+            end: 0,
+            event: None,
+            data: data.into(),
+            id: None,
+            oversize: false,
+        }
     }
 
     /// What the accountant uses of a `Decoded`.
@@ -535,6 +626,9 @@ mod tests {
     fn pieces() -> impl Strategy<Value = Vec<u8>> {
         let piece = proptest::sample::select(vec![
             "\"usage\"",
+            "\\u0075",
+            "\\u00",
+            "u",
             "\"usa",
             "ge\"",
             "usage\"",
@@ -589,6 +683,49 @@ mod tests {
         );
     }
 
+    /// Whether each event was held (not decoded at once).
+    fn held_or_not(events: &[&[u8]]) -> Vec<bool> {
+        let mut d = DeferredText::default();
+        events
+            .iter()
+            .map(|e| {
+                let before = d.held.len();
+                d.event(&event(e));
+                d.held.len() > before
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_like_event_that_changes_what_a_base_key_reads_is_checked_whole() {
+        // The like events all end in the base's key: a backslash before it
+        // in the changed bytes escapes its quote (decoded at once).
+        let base = br#"{"c":"ab","usage":null}"#;
+        let like = br#"{"c":"ab";"usage":null}"#;
+        let escaped = br#"{"c":"ab"\"usage":null}"#;
+        assert_eq!(
+            held_or_not(&[base, like, like, escaped]),
+            [true, true, true, false]
+        );
+        // The byte before the base key's quote is kept, but is a backslash
+        // the changed bytes can pair up or not.
+        let base = br#"{"c":"ab",\\"usage":null}"#;
+        let like = br#"{"c":"ab";\\"usage":null}"#;
+        let escaped = br#"{"c":"ab"\\\"usage":null}"#;
+        assert_eq!(
+            held_or_not(&[base, like, like, escaped]),
+            [true, true, true, false]
+        );
+        // A key in the like prefix whose value the changed bytes replace.
+        let base = br#"{"usage":null,"c":"a"}"#;
+        let like = br#"{"usage": null,"c":"a"}"#;
+        let present = br#"{"usage":1null,"c":"a"}"#;
+        assert_eq!(
+            held_or_not(&[base, like, like, present]),
+            [true, true, true, false]
+        );
+    }
+
     proptest! {
         // Many random bases have a present key and are not held: rejected.
         #![proptest_config(ProptestConfig {
@@ -616,6 +753,47 @@ mod tests {
                 usage_present_near(&data, p, s, base.len(), &keys),
                 usage_present(&data)
             );
+        }
+
+        /// An event is held (not decoded now) only if it has no present
+        /// `"usage"` and no escaped letter of one, whether it took the way
+        /// of the events like the held ones or the full one: events cut
+        /// from a base at the same places as the ones before them, with
+        /// bytes between that make, break and hide keys and escapes.
+        #[test]
+        fn only_events_without_usage_are_held(
+            base in pieces(),
+            shape in (0usize..120, prop_oneof![0usize..24, 0usize..120]),
+            events in proptest::collection::vec(
+                (proptest::option::of((0usize..120, 0usize..120)), pieces()), 1..16),
+        ) {
+            let wrap = |b: &[u8]| {
+                [&b"{\"choices\":[{\"delta\":{\"content\":\""[..], b, b"\"}}],\"usage\":null}"].concat()
+            };
+            let base = wrap(&base);
+            prop_assume!(!usage_present(&base) && !escaped_usage_letter(&base, 0..base.len()));
+            let mut d = DeferredText::default();
+            let mut all = vec![base.clone()];
+            d.event(&event(&base));
+            for (cut, middle) in events {
+                let (p, s) = cut.unwrap_or(shape);
+                let p = p.min(base.len());
+                let s = s.min(base.len() - p);
+                let data = [&base[..p], &middle, &base[base.len() - s..]].concat();
+                let before = d.held.len();
+                d.event(&event(&data));
+                if d.held.len() > before {
+                    prop_assert!(!usage_present(&data), "{}", String::from_utf8_lossy(&data));
+                    prop_assert!(!escaped_usage_letter(&data, 0..data.len()));
+                    all.push(data);
+                } else if d.held.len() < before {
+                    // Decoded at once with text: what was held went first.
+                    all.clear();
+                }
+            }
+            let mut held = Vec::new();
+            d.held.drain(|e| held.push(e.to_vec()));
+            prop_assert_eq!(held, all);
         }
 
         /// Deferred decoding reads the same text and the same done/usage

@@ -67,6 +67,43 @@ pub struct Hold {
     base: Option<(usize, usize, usize)>,
     /// The common prefix and suffix lengths of the last event.
     last: (usize, usize),
+    /// What every difference held against the base shares with it.
+    like: Option<Like>,
+}
+
+/// The prefix and suffix lengths that every event held as a difference
+/// from the current base shares with it (the smallest of each seen), and
+/// the head of a record with them. The next content delta of the stream
+/// almost always has them too: it is checked against them with two
+/// comparisons and held without the search for the longest ones
+/// ([`Hold::like_middle`]). A record with a shorter prefix or suffix than
+/// the longest is as exact, a few bytes larger.
+#[derive(Clone, Copy)]
+struct Like {
+    p: usize,
+    s: usize,
+    /// The tag and the two numbers of a record with `p` and `s`.
+    head: [u8; LIKE_HEAD],
+    head_len: usize,
+}
+
+/// Most bytes of a [`Like`] head: a tag and two LEB128 numbers.
+const LIKE_HEAD: usize = 1 + 2 * 10;
+
+impl Like {
+    fn new(p: usize, s: usize) -> Like {
+        let mut head = [0u8; LIKE_HEAD];
+        head[0] = DIFF;
+        let mut n = 1;
+        n += put_varint(&mut head[n..], p);
+        n += put_varint(&mut head[n..], s);
+        Like {
+            p,
+            s,
+            head,
+            head_len: n,
+        }
+    }
 }
 
 impl Hold {
@@ -118,47 +155,102 @@ impl Hold {
         };
         self.last = (p, s);
         let mut head = [0u8; HEAD + SMALL];
-        let mut n = 0;
-        let whole = self.base.is_none() || 2 * (p + s) < data.len();
-        let middle = if whole {
+        if self.base.is_none() || 2 * (p + s) < data.len() {
             head[0] = BASE;
-            n = 1 + put_varint(&mut head[1..], data.len());
-            data
-        } else {
-            head[0] = DIFF;
-            n += 1;
-            n += put_varint(&mut head[n..], p);
-            n += put_varint(&mut head[n..], s);
-            let m = &data[p..data.len() - s];
-            n += put_varint(&mut head[n..], m.len());
-            m
+            let n = 1 + put_varint(&mut head[1..], data.len());
+            let (block, at) = self.append(&mut head, n, data, 0, data.len());
+            self.base = Some((block, at, data.len()));
+            self.like = None;
+            return;
+        }
+        head[0] = DIFF;
+        let mut n = 1;
+        n += put_varint(&mut head[n..], p);
+        n += put_varint(&mut head[n..], s);
+        let len = data.len() - s - p;
+        n += put_varint(&mut head[n..], len);
+        self.append(&mut head, n, data, p, len);
+        self.like = Some(match self.like {
+            Some(l) if l.p <= p && l.s <= s => l,
+            Some(l) => Like::new(l.p.min(p), l.s.min(s)),
+            None => Like::new(p, s),
+        });
+    }
+
+    /// Where `data` differs from the base if it shares with it the prefix
+    /// and suffix every held difference did (and so is held as one): the
+    /// bytes between them. `None` when it does not, or would be held
+    /// whole.
+    pub fn like_middle(&self, data: &[u8]) -> Option<std::ops::Range<usize>> {
+        let l = self.like.as_ref()?;
+        let base = self.base_bytes()?;
+        let n = data.len();
+        let end = n.checked_sub(l.s)?;
+        if end < l.p || 2 * (l.p + l.s) < n {
+            return None;
+        }
+        let same = data[..l.p] == base[..l.p] && data[end..] == base[base.len() - l.s..];
+        same.then_some(l.p..end)
+    }
+
+    /// The prefix and suffix lengths of [`like_middle`](Self::like_middle),
+    /// and the base they are taken against.
+    pub fn like(&self) -> Option<((usize, usize, usize), usize, usize)> {
+        Some((self.base?, self.like?.p, self.like?.s))
+    }
+
+    /// Holds `data` as its difference `mid` from the base, which
+    /// [`like_middle`](Self::like_middle) returned for it.
+    pub fn push_like(&mut self, data: &[u8], mid: std::ops::Range<usize>) {
+        let Some(l) = self.like else {
+            return self.push(data, self.diff(data));
         };
-        let need = n + middle.len();
+        let mut head = [0u8; HEAD + SMALL];
+        head[..LIKE_HEAD].copy_from_slice(&l.head);
+        let len = mid.len();
+        let n = l.head_len + put_varint(&mut head[l.head_len..], len);
+        self.append(&mut head, n, data, mid.start, len);
+    }
+
+    /// Appends a record, `head[..n]` then `len` bytes of `data` from
+    /// `from`; returns its block and where those bytes start in it.
+    #[inline]
+    fn append(
+        &mut self,
+        head: &mut [u8; HEAD + SMALL],
+        n: usize,
+        data: &[u8],
+        from: usize,
+        len: usize,
+    ) -> (usize, usize) {
+        let need = n + len;
+        // Room for the whole head buffer, so a small record is written
+        // with copies of fixed length (no calls): the buffer, then the
+        // length cut back to the record's.
         if self
             .blocks
             .last()
-            .is_none_or(|b| b.capacity() - b.len() < need)
+            .is_none_or(|b| b.capacity() - b.len() < need.max(HEAD + SMALL))
         {
             self.blocks.push(Vec::with_capacity(BLOCK.max(need)));
         }
         let last = self.blocks.len() - 1;
         let block = &mut self.blocks[last];
-        if whole {
-            block.extend_from_slice(&head[..n]);
-            self.base = Some((last, block.len(), middle.len()));
-            block.extend_from_slice(middle);
-        } else if middle.len() <= SMALL
-            && let (Some(slot), Some(src)) = (head.get_mut(n..n + SMALL), data.get(p..p + SMALL))
+        let start = block.len();
+        let at = start + n;
+        if len <= SMALL
+            && let (Some(slot), Some(src)) =
+                (head.get_mut(n..n + SMALL), data.get(from..from + SMALL))
         {
-            // A content delta's few bytes go after the head in a copy of
-            // fixed length (no call), then the record is copied once.
             slot.copy_from_slice(src);
-            block.extend_from_slice(&head[..need]);
+            block.extend_from_slice(head);
+            block.truncate(start + need);
         } else {
             block.extend_from_slice(&head[..n]);
-            block.extend_from_slice(middle);
+            block.extend_from_slice(&data[from..from + len]);
         }
         self.len += need;
+        (last, at)
     }
 
     /// The base event's bytes, if there is a base.
@@ -173,6 +265,7 @@ impl Hold {
         let blocks = std::mem::take(&mut self.blocks);
         self.len = 0;
         self.base = None;
+        self.like = None;
         let mut base: &[u8] = &[];
         let mut event = Vec::new();
         for block in &blocks {
@@ -353,7 +446,11 @@ mod tests {
         let mut h = Hold::default();
         for e in events {
             let before = h.len();
-            h.push(e, h.diff(e));
+            // As `DeferredText` holds them: like the ones before when it can.
+            match h.like_middle(e) {
+                Some(mid) => h.push_like(e, mid),
+                None => h.push(e, h.diff(e)),
+            }
             assert!(h.len() - before <= Hold::bound(e));
         }
         let held = h.len();
