@@ -214,7 +214,7 @@ impl Hold {
 
     /// Appends a record, `head[..n]` then `len` bytes of `data` from
     /// `from`; returns its block and where those bytes start in it.
-    #[inline]
+    #[inline(always)]
     fn append(
         &mut self,
         head: &mut [u8; HEAD + SMALL],
