@@ -698,32 +698,39 @@ mod tests {
 
     #[test]
     fn a_like_event_that_changes_what_a_base_key_reads_is_checked_whole() {
-        // The like events all end in the base's key: a backslash before it
-        // in the changed bytes escapes its quote (decoded at once).
-        let base = br#"{"c":"ab","usage":null}"#;
-        let like = br#"{"c":"ab";"usage":null}"#;
-        let escaped = br#"{"c":"ab"\"usage":null}"#;
-        assert_eq!(
-            held_or_not(&[base, like, like, escaped]),
-            [true, true, true, false]
-        );
-        // The byte before the base key's quote is kept, but is a backslash
-        // the changed bytes can pair up or not.
-        let base = br#"{"c":"ab",\\"usage":null}"#;
-        let like = br#"{"c":"ab";\\"usage":null}"#;
-        let escaped = br#"{"c":"ab"\\\"usage":null}"#;
-        assert_eq!(
-            held_or_not(&[base, like, like, escaped]),
-            [true, true, true, false]
-        );
-        // A key in the like prefix whose value the changed bytes replace.
-        let base = br#"{"usage":null,"c":"a"}"#;
-        let like = br#"{"usage": null,"c":"a"}"#;
-        let present = br#"{"usage":1null,"c":"a"}"#;
-        assert_eq!(
-            held_or_not(&[base, like, like, present]),
-            [true, true, true, false]
-        );
+        // (base, an event like it held twice, then one whose changed bytes
+        // make the base's key present: decoded at once).
+        let cases: [(&[u8], &[u8], &[u8]); 3] = [
+            // The like events end in the base's key: a backslash before
+            // it in the changed bytes escapes its quote.
+            (
+                br#"{"c":"ab","usage":null}"#,
+                br#"{"c":"ab";"usage":null}"#,
+                br#"{"c":"ab"\"usage":null}"#,
+            ),
+            // The byte before the base key's quote is kept, but is a
+            // backslash the changed bytes can pair up or not.
+            (
+                br#"{"c":"ab",\\"usage":null}"#,
+                br#"{"c":"ab";\\"usage":null}"#,
+                br#"{"c":"ab"\\\"usage":null}"#,
+            ),
+            // A key in the like prefix whose value the changed bytes
+            // replace.
+            (
+                br#"{"usage":null,"c":"a"}"#,
+                br#"{"usage": null,"c":"a"}"#,
+                br#"{"usage":1null,"c":"a"}"#,
+            ),
+        ];
+        for (base, like, present) in cases {
+            assert_eq!(
+                held_or_not(&[base, like, like, present]),
+                [true, true, true, false],
+                "{}",
+                String::from_utf8_lossy(present)
+            );
+        }
     }
 
     proptest! {
