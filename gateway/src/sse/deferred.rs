@@ -67,6 +67,26 @@ struct BaseKeys {
     like: Option<(usize, usize, bool)>,
 }
 
+impl BaseKeys {
+    /// The keys of the base `base` (its bytes `bytes`): `kept` if they are
+    /// that base's, else found and kept there.
+    #[inline(always)]
+    fn of<'k>(
+        kept: &'k mut Option<BaseKeys>,
+        base: (usize, usize, usize),
+        bytes: &[u8],
+    ) -> Option<&'k mut BaseKeys> {
+        if kept.as_ref().is_none_or(|k| k.base != base) {
+            *kept = base_keys(bytes).map(|keys| BaseKeys {
+                base,
+                keys,
+                like: None,
+            });
+        }
+        kept.as_mut()
+    }
+}
+
 impl DeferredText {
     /// Looks at one event: what accounting needs now is returned, its text
     /// is kept for later. The answer is exact for `done`, `usage` and
@@ -122,14 +142,7 @@ impl DeferredText {
         let (Some((base, p, s)), Some(bytes)) = (self.held.like(), self.held.base_bytes()) else {
             return false;
         };
-        if self.base_keys.as_ref().is_none_or(|k| k.base != base) {
-            self.base_keys = base_keys(bytes).map(|keys| BaseKeys {
-                base,
-                keys,
-                like: None,
-            });
-        }
-        let Some(k) = self.base_keys.as_mut() else {
+        let Some(k) = BaseKeys::of(&mut self.base_keys, base, bytes) else {
             return false;
         };
         match k.like {
@@ -149,14 +162,7 @@ impl DeferredText {
         let (Some((base, p, s)), Some(bytes)) = (diff.against(), self.held.base_bytes()) else {
             return usage_present(data);
         };
-        if self.base_keys.as_ref().is_none_or(|k| k.base != base) {
-            self.base_keys = base_keys(bytes).map(|keys| BaseKeys {
-                base,
-                keys,
-                like: None,
-            });
-        }
-        match &self.base_keys {
+        match BaseKeys::of(&mut self.base_keys, base, bytes) {
             Some(k) => usage_present_near(data, p, s, bytes.len(), &k.keys),
             None => usage_present(data),
         }
