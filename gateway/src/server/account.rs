@@ -22,8 +22,8 @@
 
 use std::sync::Arc;
 
-use crate::sse::deferred::DeferredText;
-use crate::sse::{Decoded, Scanner, Usage};
+use crate::sse::deferred::{DeferredText, Taking};
+use crate::sse::{Decoded, Event, Scanner, Usage};
 use crate::text::Text;
 use crate::tokens::Encoding;
 use crate::usage::Source;
@@ -228,7 +228,7 @@ impl Accountant {
         // Dropped spans and added events, in stream order (usually none:
         // the usage chunk comes once, at the end).
         let mut edits: Vec<(u64, u64, Vec<u8>)> = Vec::new();
-        scanner.feed(&out[new_from..], |ev| {
+        let each = |text: &mut DeferredText, ev: Event<'_>| {
             let d = text.event(&ev);
             if *strip_usage && d.usage_only {
                 edits.push((ev.start, ev.end, Vec::new()));
@@ -238,14 +238,12 @@ impl Accountant {
                 edits.push((ev.start, ev.start, added));
             }
             note(&d, usage, saw_done);
-            *done_to = ev.end;
-        });
-        if scanner.is_idle() {
-            // Between events: bytes that belong to no event
-            // (`: keep-alive` comments, stray blank lines) go out now
-            // instead of waiting for the next event.
-            *done_to = scanner.offset();
-        }
+        };
+        scanner.feed_sink(&out[new_from..], Taking { text, each });
+        // Everything before the event in progress goes out now: whole
+        // events, and bytes that belong to no event (`: keep-alive`
+        // comments, stray blank lines) instead of waiting for the next.
+        *done_to = scanner.boundary();
         if !in_out {
             if *done_to == *base && pending.len() + (out.len() - at) <= MAX_EVENT {
                 // The large event goes on: its new bytes join it aside.
@@ -296,10 +294,11 @@ impl Accountant {
         let text = &mut self.text;
         let usage = &mut self.usage;
         let saw_done = &mut self.saw_done;
-        scanner.feed(p, |ev| {
+        let each = |text: &mut DeferredText, ev: Event<'_>| {
             let d = text.event(&ev);
             note(&d, usage, saw_done);
-        });
+        };
+        scanner.feed_sink(p, Taking { text, each });
     }
 
     /// End of the upstream body: dispatches a last unterminated event and,

@@ -34,7 +34,7 @@ use std::sync::LazyLock;
 
 use super::decode::{Decoded, decode_event};
 use super::hold::{Diff, Hold};
-use super::scanner::Event;
+use super::scanner::{Event, Sink};
 use crate::json_bytes::{LANES, quote_escaped, skip_ws};
 
 /// Held bytes per stream before the held events are decoded anyway.
@@ -125,9 +125,15 @@ impl DeferredText {
     /// and lengths). Anything else takes the full way, which has the
     /// same answer and finds the longest prefix and suffix.
     fn hold_like(&mut self, data: &[u8]) -> bool {
-        let Some(mid) = self.held.like_middle(data) else {
-            return false;
-        };
+        match self.held.like_middle(data) {
+            Some(mid) => self.hold_middle(data, mid),
+            None => false,
+        }
+    }
+
+    /// [`hold_like`](Self::hold_like) once the middle is known.
+    #[inline(always)]
+    fn hold_middle(&mut self, data: &[u8], mid: std::ops::Range<usize>) -> bool {
         if next_u(data, mid.start.saturating_sub(KEY - 1), mid.end) < mid.end
             || !self.like_keys_kept()
         {
@@ -137,22 +143,56 @@ impl DeferredText {
         true
     }
 
+    /// Holds the event `rest` starts with if it is a content delta like
+    /// the held ones, without the scanner: exactly one `data: ` line, its
+    /// data like the held events' ([`Hold::like_line`], which needs no
+    /// search of the shared prefix for the line's end), then a blank line,
+    /// all in LF; and [`event`](Self::event) would hold it the same way
+    /// (not `[DONE]`, room in the hold, [`hold_like`](Self::hold_like)).
+    /// Returns the event's length, or 0 when it is not one (nothing is
+    /// held: the scanner parses it and `event` sees it).
+    pub fn take_like(&mut self, rest: &[u8]) -> usize {
+        let Some(line) = rest.strip_prefix(DATA) else {
+            return 0;
+        };
+        let Some((n, mid)) = self.held.like_line(line) else {
+            return 0;
+        };
+        let data = &line[..n];
+        if line.get(n..n + 2) != Some(b"\n\n")
+            || self.held.len() + Hold::bound(data) >= HOLD_MAX
+            || data.trim_ascii() == b"[DONE]"
+            || !self.hold_middle(data, mid)
+        {
+            return 0;
+        }
+        DATA.len() + n + 2
+    }
+
     /// [`keys_kept`] for the hold's base and like lengths, kept.
     fn like_keys_kept(&mut self) -> bool {
-        let (Some((base, p, s)), Some(bytes)) = (self.held.like(), self.held.base_bytes()) else {
+        let Some((base, p, s)) = self.held.like() else {
+            return false;
+        };
+        // Asked for every like event, answered once per base and lengths.
+        if let Some(BaseKeys {
+            base: b,
+            like: Some((lp, ls, kept)),
+            ..
+        }) = self.base_keys
+            && (b, lp, ls) == (base, p, s)
+        {
+            return kept;
+        }
+        let Some(bytes) = self.held.base_bytes() else {
             return false;
         };
         let Some(k) = BaseKeys::of(&mut self.base_keys, base, bytes) else {
             return false;
         };
-        match k.like {
-            Some((lp, ls, kept)) if (lp, ls) == (p, s) => kept,
-            _ => {
-                let kept = keys_kept(bytes, p, s, &k.keys);
-                k.like = Some((p, s, kept));
-                kept
-            }
-        }
+        let kept = keys_kept(bytes, p, s, &k.keys);
+        k.like = Some((p, s, kept));
+        kept
     }
 
     /// [`usage_present`], looking only where `data` differs from the base
@@ -194,6 +234,29 @@ impl DeferredText {
                 super::decode(data, |t| push_text(text, t));
             }
         });
+    }
+}
+
+/// How a data line starts when the field's value follows one space.
+const DATA: &[u8] = b"data: ";
+
+/// A scan's sink ([`Sink`]) that lets `text` take the content deltas it
+/// holds unparsed ([`DeferredText::take_like`]) and hands every other
+/// event, with the text, to `each`.
+pub struct Taking<'t, F> {
+    pub text: &'t mut DeferredText,
+    pub each: F,
+}
+
+impl<F: FnMut(&mut DeferredText, Event<'_>)> Sink for Taking<'_, F> {
+    #[inline]
+    fn take(&mut self, _start: u64, rest: &[u8]) -> usize {
+        self.text.take_like(rest)
+    }
+
+    #[inline]
+    fn event(&mut self, ev: Event<'_>) {
+        (self.each)(self.text, ev)
     }
 }
 
@@ -452,6 +515,77 @@ mod tests {
         let mut s = Scanner::new(1 << 20);
         s.feed(stream, |ev| ds.push(lazy.event(&ev)));
         (eager, (lazy.text().to_string(), ds))
+    }
+
+    /// Records what the accountant would read of each event, taking the
+    /// ones the text takes ([`DeferredText::take_like`]): a taken event
+    /// reads as a held one.
+    struct Taken<'a> {
+        text: &'a mut DeferredText,
+        ds: &'a mut Vec<Decoded>,
+        taken: &'a mut usize,
+    }
+
+    impl Sink for Taken<'_> {
+        fn take(&mut self, _: u64, rest: &[u8]) -> usize {
+            let n = self.text.take_like(rest);
+            if n > 0 {
+                self.ds.push(Decoded::default());
+                *self.taken += 1;
+            }
+            n
+        }
+
+        fn event(&mut self, ev: Event<'_>) {
+            self.ds.push(self.text.event(&ev));
+        }
+    }
+
+    /// [`both`]'s deferred side with the text taking what it can, the
+    /// stream fed in pieces cut at `cuts`: (text, what was read of each
+    /// event, events taken, records held before the text was asked for).
+    fn taking(stream: &[u8], cuts: &[usize]) -> (String, Vec<Decoded>, usize, Vec<Vec<u8>>) {
+        let mut points: Vec<usize> = cuts.iter().map(|&c| c.min(stream.len())).collect();
+        points.extend([0, stream.len()]);
+        points.sort_unstable();
+        let (mut text, mut ds, mut taken) = (DeferredText::default(), Vec::new(), 0);
+        let mut s = Scanner::new(1 << 20);
+        for w in points.windows(2) {
+            let sink = Taken {
+                text: &mut text,
+                ds: &mut ds,
+                taken: &mut taken,
+            };
+            s.feed_sink(&stream[w[0]..w[1]], sink);
+        }
+        s.finish(|ev| ds.push(text.event(&ev)));
+        let (all, held) = text_and_records(text);
+        (all, ds, taken, held)
+    }
+
+    /// The whole text, and the records the hold had.
+    fn text_and_records(mut d: DeferredText) -> (String, Vec<Vec<u8>>) {
+        // Text decoded at once came before what is held.
+        let mut all = std::mem::take(&mut d.text);
+        let mut held = Vec::new();
+        d.held.drain(|e| {
+            if !e.is_empty() {
+                super::super::decode(e, |t| push_text(&mut all, t));
+            }
+            held.push(e.to_vec());
+        });
+        (all, held)
+    }
+
+    /// The deferred side without taking: (text, reads, records held).
+    fn scanned(stream: &[u8]) -> (String, Vec<Decoded>, Vec<Vec<u8>>) {
+        let mut text = DeferredText::default();
+        let mut ds = Vec::new();
+        let mut s = Scanner::new(1 << 20);
+        s.feed(stream, |ev| ds.push(text.event(&ev)));
+        s.finish(|ev| ds.push(text.event(&ev)));
+        let (all, held) = text_and_records(text);
+        (all, ds, held)
     }
 
     /// An event with this data.
@@ -817,6 +951,7 @@ mod tests {
             usage_at in proptest::option::of(0usize..8),
             spaced in any::<bool>(),
             tool_call in any::<bool>(),
+            cuts in proptest::collection::vec(0usize..2000, 0..4),
         ) {
             let mut s = String::new();
             for (i, c) in contents.iter().enumerate() {
@@ -834,6 +969,83 @@ mod tests {
             let (eager, lazy) = both(s.as_bytes());
             prop_assert_eq!(&lazy.0, &eager.0);
             prop_assert_eq!(used(&lazy.1), used(&eager.1));
+            let took = taking(s.as_bytes(), &cuts);
+            prop_assert_eq!(&took.0, &eager.0);
+            prop_assert_eq!(used(&took.1), used(&eager.1));
+        }
+
+        /// Events the text takes from the scan are held exactly as the
+        /// scanner's way holds them, with the same answers: content
+        /// deltas cut from a base at the same places, with bytes between
+        /// that break lines (`\n`, `\r`), escape, quote and make or hide
+        /// `"usage"` keys; lines ended in LF or CRLF; fed in pieces.
+        #[test]
+        fn taking_events_is_the_scanners_way(
+            base in pieces(),
+            shape in (0usize..120, prop_oneof![0usize..24, 0usize..120]),
+            events in proptest::collection::vec(
+                (proptest::option::of((0usize..120, 0usize..120)), pieces(), 0u8..8), 1..16),
+            cuts in proptest::collection::vec(0usize..4000, 0..4),
+        ) {
+            let wrap = |b: &[u8]| {
+                [&b"{\"choices\":[{\"delta\":{\"content\":\""[..], b, b"\"}}],\"usage\":null}"].concat()
+            };
+            let base = wrap(&base);
+            let mut stream = [b"data: ", &base[..], b"\n\n"].concat();
+            for (cut, middle, end) in events {
+                let (p, s) = cut.unwrap_or(shape);
+                let p = p.min(base.len());
+                let s = s.min(base.len() - p);
+                let end: &[u8] = match end {
+                    0 => b"\r\n\r\n",
+                    1 => b"\r\r",
+                    2 => b"\n\r\n",
+                    _ => b"\n\n",
+                };
+                stream.extend([b"data: ", &base[..p], &middle, &base[base.len() - s..], end].concat());
+            }
+            let (text, ds, held) = scanned(&stream);
+            let took = taking(&stream, &cuts);
+            prop_assert_eq!(&took.0, &text);
+            prop_assert_eq!(used(&took.1), used(&ds));
+            prop_assert_eq!(&took.3, &held);
+        }
+    }
+
+    #[test]
+    fn content_deltas_are_taken_without_the_scanner() {
+        // OpenAI's key order (text first, a long suffix), then another:
+        // all but the first few deltas are taken, in one feed or many.
+        let openai = |c: &str| {
+            let c = serde_json::to_string(c).unwrap();
+            format!(
+                "data: {{\"choices\":[{{\"delta\":{{\"content\":{c}}},\"finish_reason\":null,\"index\":0,\"logprobs\":null}}],\"created\":1700000000,\"id\":\"chatcmpl-x\",\"model\":\"gpt-4o-mini\",\"object\":\"chat.completion.chunk\",\"system_fingerprint\":\"fp\"}}\n\n"
+            )
+        };
+        let words = [
+            " The", " cat", " sat", " on", " the", " mat", " and", " sang", " \"hi\"", "\n", " end",
+        ];
+        let makers: [&dyn Fn(&str) -> String; 2] = [&openai, &chunk];
+        for make in makers {
+            let mut s: String = words.iter().map(|w| make(w)).collect();
+            s += "data: [DONE]\n\n";
+            let (text, ds, held) = scanned(s.as_bytes());
+            assert_eq!(text, words.concat());
+            // An event cut across feeds is carried and parsed: one per cut.
+            for cuts in [
+                vec![],
+                (0..s.len()).step_by(700).skip(1).collect::<Vec<_>>(),
+            ] {
+                let took = taking(s.as_bytes(), &cuts);
+                assert_eq!(took.0, text);
+                assert_eq!(used(&took.1), used(&ds));
+                assert_eq!(took.3, held);
+                // All but three deltas (the base, the first difference, one
+                // that changes what the held ones share with the base) and
+                // one per cut; never `[DONE]`.
+                let want = words.len() - 3 - cuts.len();
+                assert!(took.2 >= want, "{} taken, cuts {cuts:?}", took.2);
+            }
         }
     }
 }

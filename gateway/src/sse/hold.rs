@@ -19,6 +19,10 @@
 //! `len` and the bytes, for a difference `p`, `s`, `len` and the bytes;
 //! numbers are LEB128.
 
+use memchr::memchr2;
+
+use crate::json_bytes::{next_line_end, next_special};
+
 /// Size of one block of records.
 const BLOCK: usize = 16 * 1024;
 
@@ -82,6 +86,9 @@ pub struct Hold {
 struct Like {
     p: usize,
     s: usize,
+    /// The base has no CR or LF (it was one line): a line that starts
+    /// with its prefix ends after it ([`Hold::like_line`]).
+    open: bool,
     /// The tag and the two numbers of a record with `p` and `s`.
     head: [u8; LIKE_HEAD],
     head_len: usize,
@@ -91,7 +98,8 @@ struct Like {
 const LIKE_HEAD: usize = 1 + 2 * 10;
 
 impl Like {
-    fn new(p: usize, s: usize) -> Like {
+    fn new(p: usize, s: usize, base: &[u8]) -> Like {
+        let open = memchr2(b'\n', b'\r', base).is_none();
         let mut head = [0u8; LIKE_HEAD];
         head[0] = DIFF;
         let mut n = 1;
@@ -100,6 +108,7 @@ impl Like {
         Like {
             p,
             s,
+            open,
             head,
             head_len: n,
         }
@@ -170,11 +179,13 @@ impl Hold {
         let len = data.len() - s - p;
         n += put_varint(&mut head[n..], len);
         self.append(&mut head, n, data, p, len);
-        self.like = Some(match self.like {
+        let base = self.base_bytes().unwrap_or_default();
+        let like = match self.like {
             Some(l) if l.p <= p && l.s <= s => l,
-            Some(l) => Like::new(l.p.min(p), l.s.min(s)),
-            None => Like::new(p, s),
-        });
+            Some(l) => Like::new(l.p.min(p), l.s.min(s), base),
+            None => Like::new(p, s, base),
+        };
+        self.like = Some(like);
     }
 
     /// Where `data` differs from the base if it shares with it the prefix
@@ -191,6 +202,39 @@ impl Hold {
         }
         let same = data[..l.p] == base[..l.p] && data[end..] == base[base.len() - l.s..];
         same.then_some(l.p..end)
+    }
+
+    /// [`like_middle`](Self::like_middle) for the line `rest` starts with:
+    /// the line's length (up to its first CR or LF) and its middle. `None`
+    /// when the line is not like the held ones, when no CR or LF follows
+    /// in `rest`, when the base has a CR or LF (it was more than one
+    /// line), or when the middle has a quote that does not start the
+    /// suffix.
+    ///
+    /// The line's end is found without searching the bytes it shares with
+    /// the base (which have no CR or LF): a content delta's middle is its
+    /// text, and when the suffix starts at the text's closing quote the
+    /// middle ends at the first quote, backslash or control byte after the
+    /// prefix, a few bytes on; the line ends `s` bytes after it, checked.
+    /// Otherwise (a backslash, a suffix that starts elsewhere) the line's
+    /// end is searched for from the prefix on.
+    pub fn like_line(&self, rest: &[u8]) -> Option<(usize, std::ops::Range<usize>)> {
+        let l = self.like.as_ref().filter(|l| l.open)?;
+        let base = self.base_bytes()?;
+        if rest.get(..l.p)? != base.get(..l.p)? {
+            return None;
+        }
+        let suffix = &base[base.len() - l.s..];
+        let q = next_special(rest, l.p);
+        let n = match (suffix.first(), rest.get(q)) {
+            (Some(b'"'), Some(b'"')) => q + l.s,
+            _ => next_line_end(rest, l.p)?,
+        };
+        let end = n.checked_sub(l.s).filter(|&e| e >= l.p)?;
+        if 2 * (l.p + l.s) < n || !matches!(rest.get(n), Some(b'\n' | b'\r')) {
+            return None;
+        }
+        (rest.get(end..n)? == suffix).then_some((n, l.p..end))
     }
 
     /// The prefix and suffix lengths of [`like_middle`](Self::like_middle),

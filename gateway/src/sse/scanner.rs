@@ -78,6 +78,32 @@ pub struct Event<'a> {
     pub oversize: bool,
 }
 
+/// What a scan hands its events to. Any `FnMut(Event)` closure is one.
+pub trait Sink {
+    /// Offered the rest of the feed at each event boundary inside it (the
+    /// first byte of whatever comes next): the length of the event it
+    /// starts when the sink took it whole, else 0. A taken event is not
+    /// parsed or reported; it must be the bytes of exactly one event that
+    /// ends in a blank line ending in LF (so the scanner's state after it
+    /// is the state at any boundary). A sink that knows what the next
+    /// event looks like skips the line search this way.
+    #[inline]
+    fn take(&mut self, start: u64, rest: &[u8]) -> usize {
+        let _ = (start, rest);
+        0
+    }
+
+    /// Each event the scan completes and did not have taken, in order.
+    fn event(&mut self, ev: Event<'_>);
+}
+
+impl<F: FnMut(Event<'_>)> Sink for F {
+    #[inline]
+    fn event(&mut self, ev: Event<'_>) {
+        self(ev)
+    }
+}
+
 /// Where the scanner is between two feeds.
 ///
 /// Transitions: `Idle` → `Carry` when a feed ends inside an event;
@@ -310,7 +336,13 @@ impl Scanner {
     /// by them, in order. Events with no `data` field are still reported
     /// (with empty data) only if they have an `event:` field; pure comment
     /// blocks are not events.
-    pub fn feed(&mut self, input: &[u8], mut on_event: impl FnMut(Event<'_>)) {
+    pub fn feed(&mut self, input: &[u8], on_event: impl FnMut(Event<'_>)) {
+        self.feed_sink(input, on_event);
+    }
+
+    /// [`feed`](Self::feed) into a [`Sink`]: events that start and end in
+    /// this feed may be taken by it instead of parsed ([`Sink::take`]).
+    pub fn feed_sink(&mut self, input: &[u8], mut on_event: impl Sink) {
         if input.is_empty() {
             return;
         }
@@ -367,6 +399,16 @@ impl Scanner {
         self.offset
     }
 
+    /// Offset of the first byte of the event in progress (`offset()` when
+    /// none): every byte before it was reported, taken, or belongs to no
+    /// event.
+    pub fn boundary(&self) -> u64 {
+        match self.state {
+            State::Idle => self.offset,
+            State::Carry { start, .. } | State::Ended { start, .. } => start,
+        }
+    }
+
     /// True when no event is in progress: everything fed so far has been
     /// reported or belongs to no event.
     pub fn is_idle(&self) -> bool {
@@ -375,17 +417,20 @@ impl Scanner {
 
     /// Scans `input[pos..]` from an event boundary: events wholly inside
     /// it are reported borrowed; a trailing partial event goes to `carry`.
-    fn scan(
-        &mut self,
-        input: &[u8],
-        base: u64,
-        mut pos: usize,
-        on_event: &mut impl FnMut(Event<'_>),
-    ) {
+    fn scan(&mut self, input: &[u8], base: u64, mut pos: usize, on_event: &mut impl Sink) {
         let cap = self.max_event;
         let mut fields = Fields::default();
         let mut ev_start: Option<usize> = None;
         loop {
+            if ev_start.is_none() && pos < input.len() {
+                let n = on_event.take(base + pos as u64, &input[pos..]);
+                if n > 0 {
+                    debug_assert!(input[pos..].get(..n).is_some_and(|e| e.ends_with(b"\n")));
+                    pos = (pos + n).min(input.len());
+                    self.pending_cr = false;
+                    continue;
+                }
+            }
             let Some(i) = next_eol(&input[pos..]) else {
                 // Input ends inside a line or right after a line ending.
                 let at_line_start = pos == input.len();
@@ -422,7 +467,7 @@ impl Scanner {
                 }
                 let done = std::mem::take(&mut fields);
                 if done.is_event() {
-                    on_event(done.into_event(&self.joined, start, base + next as u64, false));
+                    on_event.event(done.into_event(&self.joined, start, base + next as u64, false));
                 }
                 self.release_joined();
             }
@@ -448,7 +493,7 @@ impl Scanner {
         &mut self,
         input: &[u8],
         from: usize,
-        on_event: &mut impl FnMut(Event<'_>),
+        on_event: &mut impl Sink,
     ) -> Option<usize> {
         let State::Carry {
             start,
@@ -500,18 +545,12 @@ impl Scanner {
     }
 
     /// Parses and reports the event in `carry`; back to `Idle`.
-    fn dispatch_carry(
-        &mut self,
-        start: u64,
-        len: u64,
-        truncated: bool,
-        on_event: &mut impl FnMut(Event<'_>),
-    ) {
+    fn dispatch_carry(&mut self, start: u64, len: u64, truncated: bool, on_event: &mut impl Sink) {
         let fields = parse_raw(&self.carry, start == 0, &mut self.joined, self.max_event);
         // A truncated event is reported even if no field fit: whether it
         // had one is unknown, and the relay needs its range either way.
         if fields.is_event() || truncated {
-            on_event(fields.into_event(&self.joined, start, start + len, truncated));
+            on_event.event(fields.into_event(&self.joined, start, start + len, truncated));
         }
         self.state = State::Idle;
         self.carry.clear();

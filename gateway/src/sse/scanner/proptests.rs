@@ -304,3 +304,82 @@ proptest! {
         prop_assert_eq!(decode_all(&got).0, rec.text);
     }
 }
+
+/// A sink that takes the events of `whole` (the reference scan) whose
+/// start bit is set in `mask` and whose bytes end in LF, when they lie
+/// wholly in the rest of the feed; the others it records.
+struct TakeSome<'a> {
+    whole: &'a [Ev],
+    mask: u64,
+    got: &'a mut Vec<Ev>,
+    taken: &'a mut Vec<(u64, u64)>,
+}
+
+impl super::Sink for TakeSome<'_> {
+    fn take(&mut self, start: u64, rest: &[u8]) -> usize {
+        let Some(i) = self.whole.iter().position(|e| e.start == start) else {
+            return 0;
+        };
+        let len = (self.whole[i].end - start) as usize;
+        if self.mask >> (i % 64) & 1 == 0 || len > rest.len() || rest[len - 1] != b'\n' {
+            return 0;
+        }
+        self.taken.push((start, start + len as u64));
+        len
+    }
+
+    fn event(&mut self, ev: super::Event<'_>) {
+        self.got.push(Ev::from(ev));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Events a sink takes are skipped, the others reported as without
+    /// it, however the stream is cut: together they are the reference
+    /// events, and between feeds the scanner stands where it would.
+    #[test]
+    fn a_sink_takes_whole_events_and_the_rest_are_unchanged(
+        style in prop::collection::vec(any::<u8>(), 1..12),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+        mask in any::<u64>(),
+    ) {
+        let rec = recorded_stream(&style);
+        let whole = scan_parts(&[&rec.bytes], CAP);
+        let (mut got, mut taken) = (Vec::new(), Vec::new());
+        let mut plain = crate::sse::Scanner::new(CAP);
+        let mut s = crate::sse::Scanner::new(CAP);
+        for part in parts_at(&rec.bytes, &cuts) {
+            plain.feed(part, |_| {});
+            s.feed_sink(part, TakeSome { whole: &whole, mask, got: &mut got, taken: &mut taken });
+            prop_assert_eq!(s.offset(), plain.offset());
+            prop_assert_eq!(s.is_idle(), plain.is_idle());
+            prop_assert_eq!(s.boundary(), plain.boundary());
+        }
+        s.finish(|e| got.push(Ev::from(e)));
+        prop_assert!(taken.iter().all(|&(a, b)| whole.iter().any(|e| (e.start, e.end) == (a, b))));
+        let mut ranges: Vec<(u64, u64)> = got.iter().map(|e| (e.start, e.end)).chain(taken.iter().copied()).collect();
+        ranges.sort_unstable();
+        let want: Vec<(u64, u64)> = whole.iter().map(|e| (e.start, e.end)).collect();
+        prop_assert_eq!(ranges, want);
+        let reported: Vec<&Ev> = whole.iter().filter(|e| !taken.contains(&(e.start, e.end))).collect();
+        prop_assert_eq!(got.iter().collect::<Vec<_>>(), reported);
+        if cuts.is_empty() && mask == u64::MAX {
+            // One feed, every LF-ended event offered is taken.
+            let lf = whole.iter().filter(|e| rec.bytes[e.end as usize - 1] == b'\n').count();
+            prop_assert_eq!(taken.len(), lf);
+        }
+    }
+}
+
+#[test]
+fn the_boundary_is_the_start_of_the_event_in_progress() {
+    let mut s = crate::sse::Scanner::new(CAP);
+    s.feed(b"data: a\n\n: note\n\nda", |_| {});
+    assert_eq!(s.boundary(), 17);
+    s.feed(b"ta: b\n\r", |_| {});
+    assert_eq!(s.boundary(), 17, "ended by a CR that an LF may follow");
+    s.feed(b"\n", |_| {});
+    assert_eq!(s.boundary(), s.offset());
+}
