@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `x-mock-status: 503` | `--status` | answer with this status and an OpenAI-shaped error |
 //! | `x-mock-delay-ms: 200` | `--delay-ms` | wait before sending the response head |
-//! | `x-mock-chunk-delay-ms: 20` | `--chunk-delay-ms` | wait between stream events |
+//! | `x-mock-chunk-delay-ms: 20` | `--chunk-delay-ms` | wait between stream events (tokens: the usage chunk, `[DONE]` and the end of the body follow the finish event at once, as a provider sends them) |
 //! | `x-mock-split: 1` | `--split` | write at most this many bytes per write |
 //! | `x-mock-reset-after: 300` | `--reset-after` | send RST after this many response bytes |
 //! | `x-mock-stall: 1` | `--stall` | never answer (until the client closes) |

@@ -22,8 +22,10 @@ pub enum Answer {
     /// One JSON body.
     Json(String),
     /// SSE event payloads (without `data: ` and the blank line), ending
-    /// with `[DONE]`.
-    Events(Vec<String>),
+    /// with `[DONE]`. The last `tail` of them (the usage chunk, `[DONE]`)
+    /// are not tokens: a provider sends them right after the finish
+    /// event, so they go out with it, and only tokens are paced.
+    Events { events: Vec<String>, tail: usize },
 }
 
 /// Everything about the request that shapes the answer.
@@ -187,7 +189,10 @@ pub fn answer(ask: &Ask) -> Answer {
         events.push(v.to_string());
     }
     events.push("[DONE]".to_string());
-    Answer::Events(events)
+    Answer::Events {
+        events,
+        tail: 1 + usize::from(include_usage),
+    }
 }
 
 fn embeddings(body: &Value, model: &str, p_tokens: usize, hash: u64, ask: &Ask) -> String {

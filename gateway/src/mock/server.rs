@@ -428,9 +428,12 @@ fn render(
     };
     Ok(Rc::new(match openai::answer(&ask) {
         Answer::Json(j) => Rendered::Json(j.into_bytes()),
-        Answer::Events(events) => {
-            let mut segs = Vec::with_capacity(events.len() + 1);
-            for e in events {
+        Answer::Events { events, tail } => {
+            // One write segment per paced event: the tail and the end of
+            // the body go with the event before them.
+            let paced = events.len().saturating_sub(tail);
+            let mut segs: Vec<Vec<u8>> = Vec::with_capacity(paced + 1);
+            for (i, e) in events.into_iter().enumerate() {
                 let mut payload = Vec::with_capacity(e.len() + 8);
                 let nl: &[u8] = if f.crlf { b"\r\n" } else { b"\n" };
                 payload.extend_from_slice(b"data: ");
@@ -439,10 +442,62 @@ fn render(
                 payload.extend_from_slice(nl);
                 let mut chunk = Vec::with_capacity(payload.len() + 12);
                 encode_chunk(&mut chunk, &payload);
-                segs.push(chunk);
+                match segs.last_mut() {
+                    Some(last) if i >= paced => last.extend_from_slice(&chunk),
+                    _ => segs.push(chunk),
+                }
             }
-            segs.push(LAST_CHUNK.to_vec());
+            match segs.last_mut() {
+                Some(last) => last.extend_from_slice(LAST_CHUNK),
+                None => segs.push(LAST_CHUNK.to_vec()),
+            }
             Rendered::Events(segs)
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DriverChoice, TaskRun};
+
+    fn segments(body: &str) -> Vec<String> {
+        let opts = MockOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            workers: 1,
+            seed: 1,
+            default_max_tokens: 16,
+            api_key: None,
+            faults: Faults::default(),
+            pin_base: None,
+            task_run: TaskRun::Defer,
+            driver: DriverChoice::Auto,
+        };
+        let r = render(&opts, Api::Chat, body.as_bytes(), &Faults::default(), None).unwrap();
+        let Rendered::Events(segs) = &*r else {
+            panic!("not a stream")
+        };
+        segs.iter()
+            .map(|s| String::from_utf8(s.clone()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn only_tokens_are_paced_the_usage_chunk_and_done_follow_the_finish_event() {
+        let plain = r#"{"model":"m","stream":true,"max_tokens":5}"#;
+        let usage =
+            r#"{"model":"m","stream":true,"max_tokens":5,"stream_options":{"include_usage":true}}"#;
+        for (body, tail) in [(plain, 2), (usage, 3)] {
+            let segs = segments(body);
+            // The role event, five words, then one write: the finish event,
+            // the usage chunk if asked, `[DONE]`, the end of the body.
+            assert_eq!(segs.len(), 1 + 5 + 1, "{segs:?}");
+            let last = segs.last().unwrap();
+            assert_eq!(last.matches("data: ").count(), tail, "{last}");
+            assert!(last.contains("\"finish_reason\":\"length\""), "{last}");
+            assert_eq!(last.contains("\"usage\":{"), tail == 3, "{last}");
+            assert!(last.ends_with("data: [DONE]\n\n\r\n0\r\n\r\n"), "{last:?}");
+            assert!(segs[..6].iter().all(|s| s.matches("data: ").count() == 1));
+        }
+    }
 }
