@@ -147,8 +147,9 @@ impl DeferredText {
     /// the held ones, without the scanner: exactly one `data: ` line, its
     /// data like the held events' ([`Hold::like_line`], which needs no
     /// search of the shared prefix for the line's end), then a blank line,
-    /// all in LF; and [`event`](Self::event) would hold it the same way
-    /// (not `[DONE]`, room in the hold, [`hold_like`](Self::hold_like)).
+    /// both lines ended in LF or both in CRLF (what servers send); and
+    /// [`event`](Self::event) would hold it the same way (not `[DONE]`,
+    /// room in the hold, [`hold_like`](Self::hold_like)).
     /// Returns the event's length, or 0 when it is not one (nothing is
     /// held: the scanner parses it and `event` sees it).
     pub fn take_like(&mut self, rest: &[u8]) -> usize {
@@ -159,14 +160,18 @@ impl DeferredText {
             return 0;
         };
         let data = &line[..n];
-        if line.get(n..n + 2) != Some(b"\n\n")
-            || self.held.len() + Hold::bound(data) >= HOLD_MAX
+        let len = match line.get(n..) {
+            Some([b'\n', b'\n', ..]) => n + 2,
+            Some([b'\r', b'\n', b'\r', b'\n', ..]) => n + 4,
+            _ => return 0,
+        };
+        if self.held.len() + Hold::bound(data) >= HOLD_MAX
             || data.trim_ascii() == b"[DONE]"
             || !self.hold_middle(data, mid)
         {
             return 0;
         }
-        DATA.len() + n + 2
+        DATA.len() + len
     }
 
     /// [`keys_kept`] for the hold's base and like lengths, kept.
@@ -789,6 +794,14 @@ mod tests {
         proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat().into_bytes())
     }
 
+    /// Mostly a token's plain text, else [`pieces`].
+    fn text_or_pieces() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => "[a-z ]{0,12}".prop_map(String::into_bytes),
+            1 => pieces(),
+        ]
+    }
+
     /// Base keys and their reach, with the near check against the full one.
     fn near_and_full(base: &[u8], p: usize, middle: &[u8], s: usize) -> (bool, bool) {
         let keys = base_keys(base).unwrap();
@@ -976,33 +989,46 @@ mod tests {
 
         /// Events the text takes from the scan are held exactly as the
         /// scanner's way holds them, with the same answers: content
-        /// deltas cut from a base at the same places, with bytes between
-        /// that break lines (`\n`, `\r`), escape, quote and make or hide
-        /// `"usage"` keys; lines ended in LF or CRLF; fed in pieces.
+        /// deltas cut from a base (one of several `data:` lines when it
+        /// has an LF) at the same places, with bytes between that break
+        /// lines (`\n`, `\r`), escape, quote and make or hide `"usage"`
+        /// keys; lines ended in LF, CRLF, CR or mixed; fed in pieces.
         #[test]
         fn taking_events_is_the_scanners_way(
-            base in pieces(),
+            base in text_or_pieces(),
             shape in (0usize..120, prop_oneof![0usize..24, 0usize..120]),
             events in proptest::collection::vec(
-                (proptest::option::of((0usize..120, 0usize..120)), pieces(), 0u8..8), 1..16),
+                (proptest::option::weighted(0.2, (0usize..120, 0usize..120)), text_or_pieces(), 0u8..8),
+                1..16),
             cuts in proptest::collection::vec(0usize..4000, 0..4),
         ) {
             let wrap = |b: &[u8]| {
                 [&b"{\"choices\":[{\"delta\":{\"content\":\""[..], b, b"\"}}],\"usage\":null}"].concat()
             };
             let base = wrap(&base);
-            let mut stream = [b"data: ", &base[..], b"\n\n"].concat();
+            // The base as `data:` lines joined with LF (its LFs are data),
+            // the events each on one line (an LF there ends the line).
+            let lines = String::from_utf8_lossy(&base).replace('\n', "\ndata: ");
+            let mut stream = ["data: ", &lines, "\n\n"].concat().into_bytes();
             for (cut, middle, end) in events {
                 let (p, s) = cut.unwrap_or(shape);
                 let p = p.min(base.len());
                 let s = s.min(base.len() - p);
+                let data = [&base[..p], &middle, &base[base.len() - s..]].concat();
+                let data = if end >= 6 {
+                    // Some events as `data:` lines too, so what is held
+                    // can share the base's LFs.
+                    String::from_utf8_lossy(&data).replace('\n', "\ndata: ").into_bytes()
+                } else {
+                    data
+                };
                 let end: &[u8] = match end {
                     0 => b"\r\n\r\n",
                     1 => b"\r\r",
                     2 => b"\n\r\n",
                     _ => b"\n\n",
                 };
-                stream.extend([b"data: ", &base[..p], &middle, &base[base.len() - s..], end].concat());
+                stream.extend([b"data: ", &data[..], end].concat());
             }
             let (text, ds, held) = scanned(&stream);
             let took = taking(&stream, &cuts);
@@ -1014,8 +1040,9 @@ mod tests {
 
     #[test]
     fn content_deltas_are_taken_without_the_scanner() {
-        // OpenAI's key order (text first, a long suffix), then another:
-        // all but the first few deltas are taken, in one feed or many.
+        // OpenAI's key order (text first, a long suffix), the text last,
+        // and lines ended in CRLF: all but the first few deltas are taken,
+        // in one feed or many.
         let openai = |c: &str| {
             let c = serde_json::to_string(c).unwrap();
             format!(
@@ -1025,7 +1052,8 @@ mod tests {
         let words = [
             " The", " cat", " sat", " on", " the", " mat", " and", " sang", " \"hi\"", "\n", " end",
         ];
-        let makers: [&dyn Fn(&str) -> String; 2] = [&openai, &chunk];
+        let crlf = |c: &str| openai(c).replace('\n', "\r\n");
+        let makers: [&dyn Fn(&str) -> String; 3] = [&openai, &chunk, &crlf];
         for make in makers {
             let mut s: String = words.iter().map(|w| make(w)).collect();
             s += "data: [DONE]\n\n";
