@@ -266,78 +266,29 @@ fn zero_bytes(v: u64) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn special_byte_finder_is_exact() {
-        // Every byte value at every position of bodies around the lane width,
-        // after plain bytes of several kinds (ASCII, non-ASCII, the borders of
-        // the control range), against a byte-by-byte reference.
-        let reference = |b: &[u8], i: usize| {
-            (i..b.len())
-                .find(|&k| b[k] == b'"' || b[k] == b'\\' || b[k] < 0x20)
-                .unwrap_or(b.len())
-        };
-        for len in [1, 7, 8, 15, 16, 17, 31, 32, 33, 40] {
-            for pos in 0..len {
-                for byte in 0..=255u8 {
-                    for fill in [b'a', b' ', b'~', 0x21, 0x7f, 0x80, 0xe6, 0xff] {
-                        let mut b = vec![fill; len];
-                        b[pos] = byte;
-                        for start in [0, pos.saturating_sub(1), pos] {
-                            assert_eq!(
-                                next_special(&b, start),
-                                reference(&b, start),
-                                "byte {byte:#x} at {pos} of {len}, fill {fill:#x}, from {start}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        // The word-at-a-time version (other targets): its lowest hit is exact.
-        for pos in 0..LANES {
-            for byte in 0..=255u8 {
-                for fill in [b'a', b' ', 0x21, 0x7f, 0x80, 0xff] {
-                    let mut lane = [fill; LANES];
-                    lane[pos] = byte;
-                    let want = if byte == b'"' || byte == b'\\' || byte < 0x20 {
-                        pos
-                    } else {
-                        LANES
-                    };
-                    let got = special_lanes_swar(&lane);
-                    let got = if got == 0 {
-                        LANES
-                    } else {
-                        got.trailing_zeros() as usize
-                    };
-                    assert_eq!(got, want, "byte {byte:#x} at {pos}, fill {fill:#x}");
-                }
-            }
-        }
-        // Two hits in one lane: the first is found.
-        let b = b"abc\\\"def\"ghijklmnopq";
-        assert_eq!(next_special(b, 0), 3);
-        assert_eq!(next_special(b, 0), reference(b, 0));
-        assert_eq!(next_special(b"", 0), 0);
-        assert_eq!(next_special(b"abc", 3), 3);
-    }
-
-    #[test]
-    fn line_end_finder_is_exact() {
-        // Every byte value at every position, from several starts, against
-        // a byte-by-byte reference; and the word-at-a-time lanes.
-        let reference = |b: &[u8], i: usize| (i..b.len()).find(|&k| matches!(b[k], b'\n' | b'\r'));
-        for len in [0, 1, 7, 15, 16, 17, 31, 32, 33, 50] {
+    /// Checks a 16-byte finder against `hit` byte by byte: every byte
+    /// value at every position of bodies around the lane width, after
+    /// plain bytes of several kinds (`fills`), from several starts; and
+    /// its word-at-a-time lanes (other targets), whose lowest hit must be
+    /// exact.
+    fn finder_is_exact(
+        find: impl Fn(&[u8], usize) -> Option<usize>,
+        swar: fn(&[u8]) -> u32,
+        hit: fn(u8) -> bool,
+        fills: &[u8],
+    ) {
+        let reference = |b: &[u8], i: usize| (i..b.len()).find(|&k| hit(b[k]));
+        for len in [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 40, 50] {
             for pos in 0..len.max(1) {
                 for byte in 0..=255u8 {
-                    for fill in [b'a', 0, 0x0b, 0x0c, 0x8a, 0x8d, 0xff] {
+                    for &fill in fills {
                         let mut b = vec![fill; len];
                         if pos < len {
                             b[pos] = byte;
                         }
                         for start in [0, pos.saturating_sub(1), pos, pos + 1, len + 3] {
                             assert_eq!(
-                                next_line_end(&b, start),
+                                find(&b, start),
                                 reference(&b, start),
                                 "byte {byte:#x} at {pos} of {len}, fill {fill:#x}, from {start}"
                             );
@@ -348,24 +299,45 @@ mod tests {
         }
         for pos in 0..LANES {
             for byte in 0..=255u8 {
-                for fill in [b'a', 0, 0x0b, 0x8a, 0xff] {
+                for &fill in fills {
                     let mut lane = [fill; LANES];
                     lane[pos] = byte;
-                    let want = if matches!(byte, b'\n' | b'\r') {
-                        pos
-                    } else {
-                        LANES
-                    };
-                    let got = eol_lanes_swar(&lane);
-                    let got = if got == 0 {
-                        LANES
-                    } else {
-                        got.trailing_zeros() as usize
+                    let want = if hit(byte) { pos } else { LANES };
+                    let got = match swar(&lane) {
+                        0 => LANES,
+                        m => m.trailing_zeros() as usize,
                     };
                     assert_eq!(got, want, "byte {byte:#x} at {pos}, fill {fill:#x}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn special_byte_finder_is_exact() {
+        // ASCII, non-ASCII, the borders of the control range.
+        finder_is_exact(
+            |b, i| Some(next_special(b, i)).filter(|&k| k < b.len()),
+            special_lanes_swar,
+            |c| c == b'"' || c == b'\\' || c < 0x20,
+            &[b'a', b' ', b'~', 0x21, 0x7f, 0x80, 0xe6, 0xff],
+        );
+        // Two hits in one lane: the first is found; none: the length.
+        let b = b"abc\\\"def\"ghijklmnopq";
+        assert_eq!(next_special(b, 0), 3);
+        assert_eq!(next_special(b"", 0), 0);
+        assert_eq!(next_special(b"abc", 3), 3);
+    }
+
+    #[test]
+    fn line_end_finder_is_exact() {
+        // Other control bytes, and bytes whose low bits are CR's or LF's.
+        finder_is_exact(
+            next_line_end,
+            eol_lanes_swar,
+            |c| c == b'\n' || c == b'\r',
+            &[b'a', 0, 0x0b, 0x0c, 0x8a, 0x8d, 0xff],
+        );
         assert_eq!(next_line_end(b"ab\r\ncd\n", 0), Some(2));
         assert_eq!(next_line_end(b"ab\r\ncd\n", 3), Some(3));
         assert_eq!(next_line_end(b"ab\r\ncd\n", 4), Some(6));

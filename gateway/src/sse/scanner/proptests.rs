@@ -303,38 +303,6 @@ proptest! {
         prop_assert_eq!(&got, &whole);
         prop_assert_eq!(decode_all(&got).0, rec.text);
     }
-}
-
-/// A sink that takes the events of `whole` (the reference scan) whose
-/// start bit is set in `mask` and whose bytes end in LF, when they lie
-/// wholly in the rest of the feed; the others it records.
-struct TakeSome<'a> {
-    whole: &'a [Ev],
-    mask: u64,
-    got: &'a mut Vec<Ev>,
-    taken: &'a mut Vec<(u64, u64)>,
-}
-
-impl super::Sink for TakeSome<'_> {
-    fn take(&mut self, start: u64, rest: &[u8]) -> usize {
-        let Some(i) = self.whole.iter().position(|e| e.start == start) else {
-            return 0;
-        };
-        let len = (self.whole[i].end - start) as usize;
-        if self.mask >> (i % 64) & 1 == 0 || len > rest.len() || rest[len - 1] != b'\n' {
-            return 0;
-        }
-        self.taken.push((start, start + len as u64));
-        len
-    }
-
-    fn event(&mut self, ev: super::Event<'_>) {
-        self.got.push(Ev::from(ev));
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// Events a sink takes are skipped, the others reported as without
     /// it, however the stream is cut: together they are the reference
@@ -370,6 +338,34 @@ proptest! {
             let lf = whole.iter().filter(|e| rec.bytes[e.end as usize - 1] == b'\n').count();
             prop_assert_eq!(taken.len(), lf);
         }
+    }
+}
+
+/// A sink that takes the events of `whole` (the reference scan) whose
+/// start bit is set in `mask` and whose bytes end in LF, when they lie
+/// wholly in the rest of the feed; the others it records.
+struct TakeSome<'a> {
+    whole: &'a [Ev],
+    mask: u64,
+    got: &'a mut Vec<Ev>,
+    taken: &'a mut Vec<(u64, u64)>,
+}
+
+impl super::Sink for TakeSome<'_> {
+    fn take(&mut self, start: u64, rest: &[u8]) -> usize {
+        let Some(i) = self.whole.iter().position(|e| e.start == start) else {
+            return 0;
+        };
+        let len = (self.whole[i].end - start) as usize;
+        if self.mask >> (i % 64) & 1 == 0 || len > rest.len() || rest[len - 1] != b'\n' {
+            return 0;
+        }
+        self.taken.push((start, start + len as u64));
+        len
+    }
+
+    fn event(&mut self, ev: super::Event<'_>) {
+        self.got.push(Ev::from(ev));
     }
 }
 
