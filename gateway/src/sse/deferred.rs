@@ -1039,6 +1039,28 @@ mod tests {
     }
 
     #[test]
+    fn the_delta_after_the_first_is_taken_whatever_letters_they_share() {
+        // The base is the role event, its text empty; the first delta's
+        // text ends in the letter "assistant" does. The like suffix starts
+        // at the closing quote, so the next delta, ending in another
+        // letter, is taken all the same.
+        let event = |delta: &str| {
+            format!(
+                "data: {{\"choices\":[{{\"delta\":{delta},\"finish_reason\":null,\"index\":0}}],\"id\":\"chatcmpl-x\",\"object\":\"chat.completion.chunk\"}}\n\n"
+            )
+        };
+        let mut s = event(r#"{"content":"","refusal":null,"role":"assistant"}"#);
+        for w in [" not", " which", " have", " been"] {
+            s += &event(&format!(r#"{{"content":"{w}"}}"#));
+        }
+        let (text, ds, held) = scanned(s.as_bytes());
+        let took = taking(s.as_bytes(), &[]);
+        assert_eq!((&took.0, used(&took.1), &took.3), (&text, used(&ds), &held));
+        assert_eq!(text, " not which have been");
+        assert_eq!(took.2, 3);
+    }
+
+    #[test]
     fn content_deltas_are_taken_without_the_scanner() {
         // OpenAI's key order (text first, a long suffix), the text last,
         // and lines ended in CRLF: all but the first few deltas are taken,
@@ -1068,9 +1090,9 @@ mod tests {
                 assert_eq!(took.0, text);
                 assert_eq!(used(&took.1), used(&ds));
                 assert_eq!(took.3, held);
-                // All but three deltas (the base, the first difference, one
-                // that changes what the held ones share with the base) and
-                // one per cut; never `[DONE]`.
+                // All but three deltas (the base, the first difference, the
+                // one without the leading space the others share), one
+                // fewer per cut; never `[DONE]`.
                 let want = words.len() - 3 - cuts.len();
                 assert!(took.2 >= want, "{} taken, cuts {cuts:?}", took.2);
             }
