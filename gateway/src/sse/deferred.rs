@@ -23,6 +23,13 @@
 //! base passed them, and bytes equal to the base's give the base's answer
 //! (a proptest compares this with checking the whole event).
 //!
+//! Most of a stream's events are content deltas like the held ones, and
+//! for those the scanner's work (the line's end, its fields, the event)
+//! repeats what the hold knows: they are taken from the scan whole
+//! ([`Taking`], [`DeferredText::take_like`]) and held the same way, the
+//! line's end found from the text's closing quote (a proptest compares
+//! this with the scanner's way).
+//!
 //! Memory: held data is bounded by [`HOLD_MAX`] per stream; past it the
 //! held events are decoded and their data dropped, so a long stream costs
 //! at most that much plus its text. A content delta holds about its text
