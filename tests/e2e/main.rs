@@ -572,6 +572,8 @@ fn injected_usage_chunk_is_invisible_to_the_client() {
         "",
         "x-mock-split: 1\r\n",
         "x-mock-split: 5\r\nx-mock-crlf: 1\r\n",
+        // Whole CRLF events: the content deltas are taken from the scan.
+        "x-mock-crlf: 1\r\n",
         "x-mock-chunk-delay-ms: 3\r\n",
     ] {
         let via = request(g.addr, &post("/v1/chat/completions", body, faults));
@@ -656,6 +658,7 @@ fn client_asked_usage_arrives_even_when_the_provider_sends_none() {
     // before [DONE]; the mock's text is exactly max_tokens tokens.
     for faults in [
         "x-mock-omit-usage: 1\r\n",
+        "x-mock-omit-usage: 1\r\nx-mock-crlf: 1\r\n",
         "x-mock-omit-usage: 1\r\nx-mock-split: 1\r\nx-mock-crlf: 1\r\n",
     ] {
         let r = request(g.addr, &post("/v1/chat/completions", body, faults));
@@ -679,8 +682,8 @@ fn client_asked_usage_arrives_even_when_the_provider_sends_none() {
         assert_eq!(usage["choices"], serde_json::json!([]));
     }
     assert_eq!(
-        metric(admin, "llama-3-8b", "completion", "estimated", |v| v == 60),
-        60
+        metric(admin, "llama-3-8b", "completion", "estimated", |v| v == 90),
+        90
     );
 }
 
