@@ -68,10 +68,6 @@ struct BaseKeys {
     base: (usize, usize, usize),
     /// (start of the key, end of the bytes its check read).
     keys: Vec<(usize, usize)>,
-    /// For the hold's like prefix and suffix lengths: whether every key
-    /// gives the base's answer in an event that has them and no `"u` or
-    /// `\u` near its other bytes ([`keys_kept`]).
-    like: Option<(usize, usize, bool)>,
 }
 
 impl BaseKeys {
@@ -84,11 +80,7 @@ impl BaseKeys {
         bytes: &[u8],
     ) -> Option<&'k mut BaseKeys> {
         if kept.as_ref().is_none_or(|k| k.base != base) {
-            *kept = base_keys(bytes).map(|keys| BaseKeys {
-                base,
-                keys,
-                like: None,
-            });
+            *kept = base_keys(bytes).map(|keys| BaseKeys { base, keys });
         }
         kept.as_mut()
     }
@@ -181,29 +173,19 @@ impl DeferredText {
         DATA.len() + len
     }
 
-    /// [`keys_kept`] for the hold's base and like lengths, kept.
+    /// [`keys_kept`] for the hold's base and like lengths: asked for every
+    /// like event, answered once per base and lengths (the hold keeps the
+    /// answer with them, [`Hold::like_verdict`]).
     fn like_keys_kept(&mut self) -> bool {
-        let Some((base, p, s)) = self.held.like() else {
-            return false;
-        };
-        // Asked for every like event, answered once per base and lengths.
-        if let Some(BaseKeys {
-            base: b,
-            like: Some((lp, ls, kept)),
-            ..
-        }) = self.base_keys
-            && (b, lp, ls) == (base, p, s)
-        {
+        if let Some(kept) = self.held.like_verdict() {
             return kept;
         }
-        let Some(bytes) = self.held.base_bytes() else {
+        let (Some((base, p, s)), Some(bytes)) = (self.held.like(), self.held.base_bytes()) else {
             return false;
         };
-        let Some(k) = BaseKeys::of(&mut self.base_keys, base, bytes) else {
-            return false;
-        };
-        let kept = keys_kept(bytes, p, s, &k.keys);
-        k.like = Some((p, s, kept));
+        let kept = BaseKeys::of(&mut self.base_keys, base, bytes)
+            .is_some_and(|k| keys_kept(bytes, p, s, &k.keys));
+        self.held.set_like_verdict(kept);
         kept
     }
 

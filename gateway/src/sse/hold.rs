@@ -92,6 +92,9 @@ struct Like {
     /// The tag and the two numbers of a record with `p` and `s`.
     head: [u8; LIKE_HEAD],
     head_len: usize,
+    /// What the hold's owner concluded for these lengths and this base
+    /// ([`Hold::set_like_verdict`]); gone with them.
+    verdict: Option<bool>,
 }
 
 /// Most bytes of a [`Like`] head: a tag and two LEB128 numbers.
@@ -122,6 +125,7 @@ impl Like {
             open,
             head,
             head_len: n,
+            verdict: None,
         }
     }
 }
@@ -252,6 +256,20 @@ impl Hold {
     /// and the base they are taken against.
     pub fn like(&self) -> Option<((usize, usize, usize), usize, usize)> {
         Some((self.base?, self.like?.p, self.like?.s))
+    }
+
+    /// The verdict set for the current like lengths and base, until they
+    /// change (a memo for the owner's check of them, read every event).
+    pub fn like_verdict(&self) -> Option<bool> {
+        self.like.as_ref()?.verdict
+    }
+
+    /// Sets [`like_verdict`](Self::like_verdict); nothing without like
+    /// lengths.
+    pub fn set_like_verdict(&mut self, verdict: bool) {
+        if let Some(l) = &mut self.like {
+            l.verdict = Some(verdict);
+        }
     }
 
     /// Holds `data` as its difference `mid` from the base, which
