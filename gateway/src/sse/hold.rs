@@ -559,6 +559,36 @@ mod tests {
     }
 
     #[test]
+    fn a_like_verdict_lasts_as_long_as_the_like_lengths_and_base() {
+        let mut h = Hold::default();
+        let push = |h: &mut Hold, e: &[u8]| h.push(e, h.diff(e));
+        h.set_like_verdict(true);
+        assert_eq!(h.like_verdict(), None, "no like lengths yet");
+        push(&mut h, &delta(""));
+        push(&mut h, &delta(" cat"));
+        h.set_like_verdict(true);
+        // An event that has the like lengths keeps the verdict.
+        push(&mut h, &delta(" dog"));
+        assert_eq!(h.like_verdict(), Some(true));
+        // Shorter ones clear it (here the suffix: the finish reason).
+        let stop = String::from_utf8(delta(" hat"))
+            .unwrap()
+            .replace("null}]", "\"stop\"}]");
+        push(&mut h, stop.as_bytes());
+        assert_eq!(h.like_verdict(), None);
+        h.set_like_verdict(false);
+        assert_eq!(h.like_verdict(), Some(false));
+        // So do a new base and a drain.
+        push(&mut h, br#"{"choices":[{"delta":{"tool_calls":[]}}]}"#);
+        assert_eq!(h.like_verdict(), None);
+        push(&mut h, &delta(" a"));
+        push(&mut h, &delta(" b"));
+        h.set_like_verdict(true);
+        h.drain(|_| {});
+        assert_eq!(h.like_verdict(), None);
+    }
+
+    #[test]
     fn an_event_unlike_the_base_becomes_the_base() {
         let tool = br#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":1}"}}]}}]}"#.to_vec();
         let events = vec![
