@@ -96,10 +96,10 @@ impl DeferredText {
         let is_error = ev.event.as_deref() == Some(b"error");
         // Decoded now: errors, `[DONE]`, an event larger than the hold,
         // and any event that may carry usage.
-        if is_error || Hold::bound(data) >= HOLD_MAX || data.trim_ascii() == b"[DONE]" {
+        if is_error || decoded_at_once(data) {
             return self.decode_now(ev);
         }
-        if self.held.len() + Hold::bound(data) > HOLD_MAX {
+        if !self.has_room(data) {
             self.decode_held();
         } else if self.hold_like(data) {
             return Decoded::default();
@@ -164,13 +164,15 @@ impl DeferredText {
             Some([b'\r', b'\n', b'\r', b'\n', ..]) => n + 4,
             _ => return 0,
         };
-        if self.held.len() + Hold::bound(data) >= HOLD_MAX
-            || data.trim_ascii() == b"[DONE]"
-            || !self.hold_middle(data, mid)
-        {
+        if decoded_at_once(data) || !self.has_room(data) || !self.hold_middle(data, mid) {
             return 0;
         }
         DATA.len() + len
+    }
+
+    /// The hold can take `data` without going past [`HOLD_MAX`].
+    fn has_room(&self, data: &[u8]) -> bool {
+        self.held.len() + Hold::bound(data) <= HOLD_MAX
     }
 
     /// [`keys_kept`] for the hold's base and like lengths: asked for every
@@ -229,6 +231,12 @@ impl DeferredText {
             }
         });
     }
+}
+
+/// An event whose data is decoded as it comes whatever it holds:
+/// `[DONE]`, and one larger than the hold.
+fn decoded_at_once(data: &[u8]) -> bool {
+    Hold::bound(data) >= HOLD_MAX || data.trim_ascii() == b"[DONE]"
 }
 
 /// How a data line starts when the field's value follows one space.

@@ -101,6 +101,15 @@ struct Like {
 const LIKE_HEAD: usize = 1 + 2 * 10;
 
 impl Like {
+    /// Where the middle of an `n`-byte event with these prefix and suffix
+    /// ends; `None` when it is shorter than both or would be held whole
+    /// (it shares less than half of its bytes).
+    #[inline(always)]
+    fn middle_end(&self, n: usize) -> Option<usize> {
+        let end = n.checked_sub(self.s).filter(|&e| e >= self.p)?;
+        (2 * (self.p + self.s) >= n).then_some(end)
+    }
+
     /// For `p` and `s`, the suffix cut back to its first quote. A
     /// token's text ends at a quote, and a letter before it that the
     /// base's text shared with one event by chance (the last of
@@ -115,10 +124,7 @@ impl Like {
             .map_or(s, |i| s - i);
         let open = memchr2(b'\n', b'\r', base).is_none();
         let mut head = [0u8; LIKE_HEAD];
-        head[0] = DIFF;
-        let mut n = 1;
-        n += put_varint(&mut head[n..], p);
-        n += put_varint(&mut head[n..], s);
+        let n = put_diff_head(&mut head, p, s);
         Like {
             p,
             s,
@@ -187,11 +193,8 @@ impl Hold {
             self.like = None;
             return;
         }
-        head[0] = DIFF;
-        let mut n = 1;
-        n += put_varint(&mut head[n..], p);
-        n += put_varint(&mut head[n..], s);
         let len = data.len() - s - p;
+        let mut n = put_diff_head(&mut head, p, s);
         n += put_varint(&mut head[n..], len);
         self.append(&mut head, n, data, p, len);
         let base = self.base_bytes().unwrap_or_default();
@@ -210,11 +213,7 @@ impl Hold {
     pub fn like_middle(&self, data: &[u8]) -> Option<std::ops::Range<usize>> {
         let l = self.like.as_ref()?;
         let base = self.base_bytes()?;
-        let n = data.len();
-        let end = n.checked_sub(l.s)?;
-        if end < l.p || 2 * (l.p + l.s) < n {
-            return None;
-        }
+        let end = l.middle_end(data.len())?;
         let same = data[..l.p] == base[..l.p] && data[end..] == base[base.len() - l.s..];
         same.then_some(l.p..end)
     }
@@ -245,8 +244,8 @@ impl Hold {
             (Some(b'"'), Some(b'"')) => q + l.s,
             _ => next_line_end(rest, l.p)?,
         };
-        let end = n.checked_sub(l.s).filter(|&e| e >= l.p)?;
-        if 2 * (l.p + l.s) < n || !matches!(rest.get(n), Some(b'\n' | b'\r')) {
+        let end = l.middle_end(n)?;
+        if !matches!(rest.get(n), Some(b'\n' | b'\r')) {
             return None;
         }
         (rest.get(end..n)? == suffix).then_some((n, l.p..end))
@@ -403,6 +402,16 @@ impl<'a> Reader<'a> {
         self.at += n;
         Some(s)
     }
+}
+
+/// Writes the tag and the prefix and suffix lengths of a difference
+/// record into `out` (at least [`LIKE_HEAD`] bytes); returns their length.
+fn put_diff_head(out: &mut [u8], p: usize, s: usize) -> usize {
+    out[0] = DIFF;
+    let mut n = 1;
+    n += put_varint(&mut out[n..], p);
+    n += put_varint(&mut out[n..], s);
+    n
 }
 
 /// Writes `v` as LEB128 into `out` (at least 10 bytes); returns its length.
