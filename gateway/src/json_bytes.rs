@@ -102,21 +102,28 @@ pub(crate) fn closes_top_level(rest: &[u8]) -> bool {
 /// run: `"`, `\\` or a control character (< 0x20); `b.len()` when there
 /// is none. Bytes of 0x80 and up are plain.
 #[inline]
-pub(crate) fn next_special(b: &[u8], mut i: usize) -> usize {
+pub(crate) fn next_special(b: &[u8], i: usize) -> usize {
+    // A space is plain.
+    next_hit(b, i, special_lanes, b' ').unwrap_or(b.len())
+}
+
+/// Index of the first byte at or after `i` that `lanes` marks, 16 bytes
+/// a step; the tail is padded with `pad`, a byte `lanes` does not mark.
+#[inline(always)]
+fn next_hit(b: &[u8], mut i: usize, lanes: impl Fn(&[u8]) -> u32, pad: u8) -> Option<usize> {
     while let Some(chunk) = b.get(i..i + LANES) {
-        let hits = special_lanes(chunk);
+        let hits = lanes(chunk);
         if hits != 0 {
-            return i + hits.trailing_zeros() as usize;
+            return Some(i + hits.trailing_zeros() as usize);
         }
         i += LANES;
     }
-    // The tail, padded with a plain byte.
     let rest = b.get(i..).unwrap_or_default();
-    let mut tail = [b' '; LANES];
+    let mut tail = [pad; LANES];
     tail[..rest.len()].copy_from_slice(rest);
-    match special_lanes(&tail) {
-        0 => b.len(),
-        hits => (i + hits.trailing_zeros() as usize).min(b.len()),
+    match lanes(&tail) {
+        0 => None,
+        hits => Some(i + hits.trailing_zeros() as usize),
     }
 }
 
@@ -125,22 +132,9 @@ pub(crate) fn next_special(b: &[u8], mut i: usize) -> usize {
 /// call's set-up costs more than the search itself (~130 instructions
 /// against ~40 for 50 bytes, counted).
 #[inline]
-pub(crate) fn next_line_end(b: &[u8], mut i: usize) -> Option<usize> {
-    while let Some(chunk) = b.get(i..i + LANES) {
-        let hits = eol_lanes(chunk);
-        if hits != 0 {
-            return Some(i + hits.trailing_zeros() as usize);
-        }
-        i += LANES;
-    }
-    // The tail, padded with a byte that ends no line.
-    let rest = b.get(i..).unwrap_or_default();
-    let mut tail = [0u8; LANES];
-    tail[..rest.len()].copy_from_slice(rest);
-    match eol_lanes(&tail) {
-        0 => None,
-        hits => Some(i + hits.trailing_zeros() as usize),
-    }
+pub(crate) fn next_line_end(b: &[u8], i: usize) -> Option<usize> {
+    // A NUL ends no line.
+    next_hit(b, i, eol_lanes, 0)
 }
 
 /// Bit `k` set when `chunk[k]` (of at least [`LANES`] bytes) is CR or LF.
