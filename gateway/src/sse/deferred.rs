@@ -40,6 +40,8 @@ use memchr::memmem;
 use std::sync::LazyLock;
 
 use super::decode::{Decoded, decode_event};
+#[cfg(doc)]
+use super::hold::Likeness;
 use super::hold::{Diff, Hold};
 use super::scanner::{Event, Sink};
 use crate::json_bytes::{LANES, quote_escaped, skip_ws};
@@ -133,41 +135,74 @@ impl DeferredText {
     /// [`hold_like`](Self::hold_like) once the middle is known.
     #[inline(always)]
     fn hold_middle(&mut self, data: &[u8], mid: std::ops::Range<usize>) -> bool {
-        if next_u(data, mid.start.saturating_sub(KEY - 1), mid.end) < mid.end
-            || !self.like_keys_kept()
-        {
+        if u_near(data, &mid) || !self.like_keys_kept() {
             return false;
         }
         self.held.push_like(data, mid);
         true
     }
 
-    /// Holds the event `rest` starts with if it is a content delta like
-    /// the held ones, without the scanner: exactly one `data: ` line, its
-    /// data like the held events' ([`Hold::like_line`], which needs no
+    /// Holds the events `rest` starts with while each is a content delta
+    /// like the held ones, without the scanner: exactly one `data: ` line,
+    /// its data like the held events' ([`Likeness::line`], which needs no
     /// search of the shared prefix for the line's end), then a blank line,
     /// both lines ended in LF or both in CRLF (what servers send); and
     /// [`event`](Self::event) would hold it the same way (not `[DONE]`,
     /// room in the hold, [`hold_like`](Self::hold_like)).
-    /// Returns the event's length, or 0 when it is not one (nothing is
-    /// held: the scanner parses it and `event` sees it).
+    /// Returns the length of the events taken, 0 when the first is not one
+    /// (nothing is held: the scanner parses it and `event` sees it).
+    ///
+    /// A read of a stream holds tens of such events back to back: they are
+    /// found in runs of up to [`RUN`] with the hold only looked at (the
+    /// like lengths, base and verdict read once), then held.
     pub fn take_like(&mut self, rest: &[u8]) -> usize {
-        let Some(line) = rest.strip_prefix(DATA) else {
-            return 0;
-        };
-        let Some((n, mid)) = self.held.like_line(line) else {
-            return 0;
-        };
-        let data = &line[..n];
-        let len = match line.get(n..) {
-            Some([b'\n', b'\n', ..]) => n + 2,
-            Some([b'\r', b'\n', b'\r', b'\n', ..]) => n + 4,
-            _ => return 0,
-        };
-        if decoded_at_once(data) || !self.has_room(data) || !self.hold_middle(data, mid) {
-            return 0;
+        let mut taken = 0;
+        loop {
+            if !self.like_keys_kept() {
+                return taken;
+            }
+            let mut run = [Found::default(); RUN];
+            let mut k = 0;
+            if let Some(like) = self.held.likeness() {
+                let mut pos = taken;
+                while k < RUN {
+                    let Some(line) = rest[pos..].strip_prefix(DATA) else {
+                        break;
+                    };
+                    let Some((n, mid)) = like.line(line) else {
+                        break;
+                    };
+                    let tail = match line.get(n..) {
+                        Some([b'\n', b'\n', ..]) => 2,
+                        Some([b'\r', b'\n', b'\r', b'\n', ..]) => 4,
+                        _ => break,
+                    };
+                    let data = &line[..n];
+                    // Past the bound the hold decodes: `n` fits a `u32`.
+                    if decoded_at_once(data) || u_near(data, &mid) {
+                        break;
+                    }
+                    run[k] = Found { n: n as u32, tail };
+                    k += 1;
+                    pos += DATA.len() + n + tail;
+                }
+            }
+            let mut pos = taken;
+            let held = self.held.push_like_run(
+                HOLD_MAX,
+                run[..k].iter().map(|f| {
+                    let at = pos + DATA.len();
+                    pos = at + f.n as usize + f.tail;
+                    &rest[at..at + f.n as usize]
+                }),
+            );
+            for f in &run[..held] {
+                taken += DATA.len() + f.n as usize + f.tail;
+            }
+            if held < RUN {
+                return taken;
+            }
         }
-        DATA.len() + len
     }
 
     /// The hold can take `data` without going past [`HOLD_MAX`].
@@ -237,6 +272,25 @@ impl DeferredText {
 /// `[DONE]`, and one larger than the hold.
 fn decoded_at_once(data: &[u8]) -> bool {
     Hold::bound(data) >= HOLD_MAX || data.trim_ascii() == b"[DONE]"
+}
+
+/// A `"usage"` key or a `\u` escape may start in or next to the bytes
+/// `mid` of `data` (a `"u` or `\u` there): the like checks do not hold.
+#[inline(always)]
+fn u_near(data: &[u8], mid: &std::ops::Range<usize>) -> bool {
+    next_u(data, mid.start.saturating_sub(KEY - 1), mid.end) < mid.end
+}
+
+/// Most like events [`DeferredText::take_like`] finds before holding
+/// them.
+const RUN: usize = 16;
+
+/// A like event found in a run: `data: `, `n` bytes of data, then `tail`
+/// bytes of line endings (LF LF or CRLF CRLF).
+#[derive(Clone, Copy, Default)]
+struct Found {
+    n: u32,
+    tail: usize,
 }
 
 /// How a data line starts when the field's value follows one space.
@@ -531,10 +585,13 @@ mod tests {
     impl Sink for Taken<'_> {
         fn take(&mut self, _: u64, rest: &[u8]) -> usize {
             let n = self.text.take_like(rest);
-            if n > 0 {
+            // A take may hold several events: the scanner says how many.
+            let mut events = 0;
+            Scanner::new(1 << 20).feed(&rest[..n], |_| events += 1);
+            for _ in 0..events {
                 self.ds.push(Decoded::default());
-                *self.taken += 1;
             }
+            *self.taken += events;
             n
         }
 
@@ -1094,5 +1151,36 @@ mod tests {
                 assert!(took.2 >= want, "{} taken, cuts {cuts:?}", took.2);
             }
         }
+    }
+
+    #[test]
+    fn runs_of_deltas_are_taken_until_the_hold_is_full() {
+        // Thousands of like deltas in one read, their text long enough to
+        // fill the hold: taken many runs in a row, then, once the hold
+        // is full, the scanner's way (decode what is held), then taken
+        // again; the same text, answers and records as the scanner's way.
+        // Every 20th text is the base's, the first delta's too: neither
+        // may stop the deltas after them being taken.
+        let event = |i: usize| {
+            // Letters (no `u`) that differ from event to event at both
+            // ends.
+            let t: String = (0..120)
+                .map(|k| char::from(b'a' + ((i * 7 + k * 13) % 20) as u8))
+                .collect();
+            format!(
+                "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{t}\"}},\"finish_reason\":null,\"index\":0,\"logprobs\":null}}],\"created\":1700000000,\"id\":\"chatcmpl-x\",\"model\":\"gpt-4o-mini\",\"object\":\"chat.completion.chunk\"}}\n\n"
+            )
+        };
+        let n = 2 * HOLD_MAX / 120;
+        // The first delta repeats the base's text too.
+        let s: String = std::iter::once(0).chain(0..n).map(event).collect();
+        let n = n + 1;
+        let (text, ds, held) = scanned(s.as_bytes());
+        assert_eq!(text.len(), n * 120);
+        let took = taking(s.as_bytes(), &[]);
+        assert_eq!((&took.0, used(&took.1), &took.3), (&text, used(&ds), &held));
+        // All but the base, the first difference, and those two again
+        // each time the hold filled up and started over.
+        assert!(took.2 >= n - 8, "{} of {n} taken", took.2);
     }
 }

@@ -87,7 +87,7 @@ struct Like {
     p: usize,
     s: usize,
     /// The base has no CR or LF (it was one line): a line that starts
-    /// with its prefix ends after it ([`Hold::like_line`]).
+    /// with its prefix ends after it ([`Likeness::line`]).
     open: bool,
     /// The tag and the two numbers of a record with `p` and `s`.
     head: [u8; LIKE_HEAD],
@@ -133,6 +133,47 @@ impl Like {
             head_len: n,
             verdict: None,
         }
+    }
+}
+
+/// A hold's like lengths and its base's prefix and suffix of those
+/// lengths ([`Hold::likeness`]).
+pub struct Likeness<'h> {
+    like: Like,
+    prefix: &'h [u8],
+    suffix: &'h [u8],
+}
+
+impl Likeness<'_> {
+    /// [`Hold::like_middle`] for the line `rest` starts with: the line's
+    /// length (up to its first CR or LF) and its middle. `None` when the
+    /// line is not like the held ones, when no CR or LF follows in
+    /// `rest`, or when the middle has a quote that does not start the
+    /// suffix.
+    ///
+    /// The line's end is found without searching the bytes it shares with
+    /// the base (which have no CR or LF): a content delta's middle is its
+    /// text, and when the suffix starts at the text's closing quote the
+    /// middle ends at the first quote, backslash or control byte after the
+    /// prefix, a few bytes on; the line ends `s` bytes after it, checked.
+    /// Otherwise (a backslash, a suffix that starts elsewhere) the line's
+    /// end is searched for from the prefix on.
+    #[inline(always)]
+    pub fn line(&self, rest: &[u8]) -> Option<(usize, std::ops::Range<usize>)> {
+        let l = &self.like;
+        if rest.get(..l.p)? != self.prefix {
+            return None;
+        }
+        let q = next_special(rest, l.p);
+        let n = match (self.suffix.first(), rest.get(q)) {
+            (Some(b'"'), Some(b'"')) => q + l.s,
+            _ => next_line_end(rest, l.p)?,
+        };
+        let end = l.middle_end(n)?;
+        if !matches!(rest.get(n), Some(b'\n' | b'\r')) {
+            return None;
+        }
+        (rest.get(end..n)? == self.suffix).then_some((n, l.p..end))
     }
 }
 
@@ -198,12 +239,24 @@ impl Hold {
         n += put_varint(&mut head[n..], len);
         self.append(&mut head, n, data, p, len);
         let base = self.base_bytes().unwrap_or_default();
-        let like = match self.like {
-            Some(l) if l.p <= p && l.s <= s => l,
-            Some(l) => Like::new(l.p.min(p), l.s.min(s), base),
-            None => Like::new(p, s, base),
+        // The suffix was looked for after the prefix. When it was cut short
+        // there (an event equal to the base up to its length: a token the
+        // base had too), the prefix took bytes the suffix shares: like lengths
+        // are kept if the whole common suffix has theirs, and none are
+        // made from such an event (its split says nothing of where the
+        // others differ). A suffix cut short would make every later event
+        // miss them.
+        let whole_s = if p + s == data.len().min(base.len()) {
+            common_suffix(base, data)
+        } else {
+            s
         };
-        self.like = Some(like);
+        self.like = match self.like {
+            Some(l) if l.p <= p && l.s <= whole_s => Some(l),
+            Some(l) => Some(Like::new(l.p.min(p), l.s.min(whole_s), base)),
+            None if whole_s > s => None,
+            None => Some(Like::new(p, s, base)),
+        };
     }
 
     /// Where `data` differs from the base if it shares with it the prefix
@@ -218,37 +271,18 @@ impl Hold {
         same.then_some(l.p..end)
     }
 
-    /// [`like_middle`](Self::like_middle) for the line `rest` starts with:
-    /// the line's length (up to its first CR or LF) and its middle. `None`
-    /// when the line is not like the held ones, when no CR or LF follows
-    /// in `rest`, when the base has a CR or LF (it was more than one
-    /// line), or when the middle has a quote that does not start the
-    /// suffix.
-    ///
-    /// The line's end is found without searching the bytes it shares with
-    /// the base (which have no CR or LF): a content delta's middle is its
-    /// text, and when the suffix starts at the text's closing quote the
-    /// middle ends at the first quote, backslash or control byte after the
-    /// prefix, a few bytes on; the line ends `s` bytes after it, checked.
-    /// Otherwise (a backslash, a suffix that starts elsewhere) the line's
-    /// end is searched for from the prefix on.
-    pub fn like_line(&self, rest: &[u8]) -> Option<(usize, std::ops::Range<usize>)> {
-        let l = self.like.as_ref().filter(|l| l.open)?;
+    /// The like lengths and the base's prefix and suffix with them, read
+    /// once for a run of lines ([`Likeness::line`]); `None` without like
+    /// lengths or when the base has a CR or LF (it was more than one
+    /// line).
+    pub fn likeness(&self) -> Option<Likeness<'_>> {
+        let l = self.like.filter(|l| l.open)?;
         let base = self.base_bytes()?;
-        if rest.get(..l.p)? != base.get(..l.p)? {
-            return None;
-        }
-        let suffix = &base[base.len() - l.s..];
-        let q = next_special(rest, l.p);
-        let n = match (suffix.first(), rest.get(q)) {
-            (Some(b'"'), Some(b'"')) => q + l.s,
-            _ => next_line_end(rest, l.p)?,
-        };
-        let end = l.middle_end(n)?;
-        if !matches!(rest.get(n), Some(b'\n' | b'\r')) {
-            return None;
-        }
-        (rest.get(end..n)? == suffix).then_some((n, l.p..end))
+        Some(Likeness {
+            like: l,
+            prefix: base.get(..l.p)?,
+            suffix: base.get(base.len().checked_sub(l.s)?..)?,
+        })
     }
 
     /// The prefix and suffix lengths of [`like_middle`](Self::like_middle),
@@ -282,6 +316,33 @@ impl Hold {
         let len = mid.len();
         let n = l.head_len + put_varint(&mut head[l.head_len..], len);
         self.append(&mut head, n, data, mid.start, len);
+    }
+
+    /// Holds events found by [`Likeness::line`] for the current like
+    /// lengths, in order, each as its middle, while the hold stays within
+    /// `max` bytes (what [`bound`](Self::bound) says each may add); returns
+    /// how many it held. [`push_like`](Self::push_like) for a run: the
+    /// record's head is made once.
+    pub fn push_like_run<'a>(&mut self, max: usize, run: impl Iterator<Item = &'a [u8]>) -> usize {
+        let Some(l) = self.like else {
+            return 0;
+        };
+        let mut head = [0u8; HEAD + SMALL];
+        head[..LIKE_HEAD].copy_from_slice(&l.head);
+        let mut held = 0;
+        for data in run {
+            let Some(end) = l.middle_end(data.len()) else {
+                break;
+            };
+            if self.len + Self::bound(data) > max {
+                break;
+            }
+            let len = end - l.p;
+            let n = l.head_len + put_varint(&mut head[l.head_len..], len);
+            self.append(&mut head, n, data, l.p, len);
+            held += 1;
+        }
+        held
     }
 
     /// Appends a record, `head[..n]` then `len` bytes of `data` from
@@ -595,6 +656,34 @@ mod tests {
         h.set_like_verdict(true);
         h.drain(|_| {});
         assert_eq!(h.like_verdict(), None);
+    }
+
+    #[test]
+    fn an_event_equal_to_the_base_leaves_the_like_lengths_as_they_were() {
+        // Its prefix takes all of it and its suffix nothing: the like
+        // lengths must not shrink to that (every later delta would miss
+        // them), nor be made from it.
+        let push = |h: &mut Hold, e: &[u8]| h.push(e, h.diff(e));
+        let mut h = Hold::default();
+        push(&mut h, &delta(" a"));
+        push(&mut h, &delta(" b"));
+        let like = h.like();
+        assert!(like.is_some());
+        h.set_like_verdict(true);
+        push(&mut h, &delta(" a"));
+        assert_eq!((h.like(), h.like_verdict()), (like, Some(true)));
+        assert!(h.like_middle(&delta(" c")).is_some());
+        // Right after the base: no like lengths from it, then the next
+        // delta's.
+        let mut h = Hold::default();
+        push(&mut h, &delta(" a"));
+        push(&mut h, &delta(" a"));
+        assert_eq!(h.like(), None);
+        push(&mut h, &delta(" b"));
+        assert_eq!(h.like(), like);
+        assert!(h.like_middle(&delta(" c")).is_some());
+        let (out, _) = round_trip(&[delta(" a"), delta(" b"), delta(" a"), delta(" c")]);
+        assert_eq!(out[2], delta(" a"));
     }
 
     #[test]
