@@ -283,7 +283,7 @@ fn u_near(data: &[u8], mid: &std::ops::Range<usize>) -> bool {
 
 /// Most like events [`DeferredText::take_like`] finds before holding
 /// them.
-const RUN: usize = 16;
+const RUN: usize = 32;
 
 /// A like event found in a run: `data: `, `n` bytes of data, then `tail`
 /// bytes of line endings (LF LF or CRLF CRLF).
