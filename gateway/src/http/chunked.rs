@@ -258,15 +258,34 @@ fn whole_chunk(input: &[u8], at: usize, size: u64) -> Option<usize> {
     (input.get(end..end.checked_add(2)?)? == b"\r\n").then_some(end)
 }
 
-/// The value of a hex digit.
+/// The value of a hex digit: one load from a table (every forwarded
+/// chunk's size line is read digit by digit).
+#[inline(always)]
 fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
+    match HEX[usize::from(b)] {
+        NOT_HEX => None,
+        v => Some(v),
     }
 }
+
+const NOT_HEX: u8 = 0xff;
+
+/// [`hex_digit`]'s table.
+static HEX: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Appends `data` as one chunk (no-op for empty data, which would end
 /// the body).
@@ -335,6 +354,14 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digit_table_is_every_hex_digit_and_nothing_else() {
+        for b in 0..=255u8 {
+            let want = (b as char).to_digit(16).map(|v| v as u8);
+            assert_eq!(hex_digit(b), want, "byte {b}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]
