@@ -207,7 +207,7 @@ impl DeferredText {
 
     /// The hold can take `data` without going past [`HOLD_MAX`].
     fn has_room(&self, data: &[u8]) -> bool {
-        self.held.len() + Hold::bound(data) <= HOLD_MAX
+        self.held.fits(data, HOLD_MAX)
     }
 
     /// [`keys_kept`] for the hold's base and like lengths: asked for every

@@ -179,6 +179,7 @@ impl Likeness<'_> {
 
 impl Hold {
     /// Bytes held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -192,6 +193,12 @@ impl Hold {
     /// Most bytes one [`push`](Self::push) of `data` adds.
     pub fn bound(data: &[u8]) -> usize {
         HEAD + data.len()
+    }
+
+    /// One [`push`](Self::push) of `data` keeps the hold within `max`
+    /// bytes, whatever it adds.
+    pub fn fits(&self, data: &[u8], max: usize) -> bool {
+        self.len + Self::bound(data) <= max
     }
 
     /// How `data` compares with the base event.
@@ -320,7 +327,7 @@ impl Hold {
 
     /// Holds events found by [`Likeness::line`] for the current like
     /// lengths, in order, each as its middle, while the hold stays within
-    /// `max` bytes (what [`bound`](Self::bound) says each may add); returns
+    /// `max` bytes ([`fits`](Self::fits)); returns
     /// how many it held. [`push_like`](Self::push_like) for a run: the
     /// record's head is made once.
     pub fn push_like_run<'a>(&mut self, max: usize, run: impl Iterator<Item = &'a [u8]>) -> usize {
@@ -334,9 +341,10 @@ impl Hold {
             let Some(end) = l.middle_end(data.len()) else {
                 break;
             };
-            if self.len + Self::bound(data) > max {
+            if !self.fits(data, max) {
                 break;
             }
+            debug_assert_eq!(self.like_middle(data), Some(l.p..end), "not a like event");
             let len = end - l.p;
             let n = l.head_len + put_varint(&mut head[l.head_len..], len);
             self.append(&mut head, n, data, l.p, len);

@@ -81,12 +81,12 @@ pub struct Event<'a> {
 /// What a scan hands its events to. Any `FnMut(Event)` closure is one.
 pub trait Sink {
     /// Offered the rest of the feed at each event boundary inside it (the
-    /// first byte of whatever comes next): the length of the event it
-    /// starts when the sink took it whole, else 0. A taken event is not
-    /// parsed or reported; it must be the bytes of exactly one event that
-    /// ends in a blank line ending in LF (so the scanner's state after it
-    /// is the state at any boundary). A sink that knows what the next
-    /// event looks like skips the line search this way.
+    /// first byte of whatever comes next): the length of the events it
+    /// starts that the sink took whole, else 0. Taken events are not
+    /// parsed or reported; they must be the bytes of whole events, the
+    /// last ending in a blank line ending in LF (so the scanner's state
+    /// after them is the state at any boundary). A sink that knows what
+    /// the next events look like skips the line search this way.
     #[inline]
     fn take(&mut self, start: u64, rest: &[u8]) -> usize {
         let _ = (start, rest);
