@@ -126,20 +126,13 @@ impl DeferredText {
     /// and lengths). Anything else takes the full way, which has the
     /// same answer and finds the longest prefix and suffix.
     fn hold_like(&mut self, data: &[u8]) -> bool {
-        match self.held.like_middle(data) {
-            Some(mid) => self.hold_middle(data, mid),
-            None => false,
-        }
-    }
-
-    /// [`hold_like`](Self::hold_like) once the middle is known.
-    #[inline(always)]
-    fn hold_middle(&mut self, data: &[u8], mid: std::ops::Range<usize>) -> bool {
+        let Some(mid) = self.held.like_middle(data) else {
+            return false;
+        };
         if u_near(data, &mid) || !self.like_keys_kept() {
             return false;
         }
-        self.held.push_like(data, mid);
-        true
+        self.held.push_like_run(HOLD_MAX, std::iter::once(data)) == 1
     }
 
     /// Holds the events `rest` starts with while each is a content delta

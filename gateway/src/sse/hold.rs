@@ -312,24 +312,11 @@ impl Hold {
         }
     }
 
-    /// Holds `data` as its difference `mid` from the base, which
-    /// [`like_middle`](Self::like_middle) returned for it.
-    pub fn push_like(&mut self, data: &[u8], mid: std::ops::Range<usize>) {
-        let Some(l) = self.like else {
-            return self.push(data, self.diff(data));
-        };
-        let mut head = [0u8; HEAD + SMALL];
-        head[..LIKE_HEAD].copy_from_slice(&l.head);
-        let len = mid.len();
-        let n = l.head_len + put_varint(&mut head[l.head_len..], len);
-        self.append(&mut head, n, data, mid.start, len);
-    }
-
-    /// Holds events found by [`Likeness::line`] for the current like
-    /// lengths, in order, each as its middle, while the hold stays within
-    /// `max` bytes ([`fits`](Self::fits)); returns
-    /// how many it held. [`push_like`](Self::push_like) for a run: the
-    /// record's head is made once.
+    /// Holds events like the held ones ([`Likeness::line`] or
+    /// [`like_middle`](Self::like_middle) found them, for the current like
+    /// lengths), in order, each as its middle, while the hold stays within
+    /// `max` bytes ([`fits`](Self::fits)); returns how many it held. The
+    /// record's head is made once for the run.
     pub fn push_like_run<'a>(&mut self, max: usize, run: impl Iterator<Item = &'a [u8]>) -> usize {
         let Some(l) = self.like else {
             return 0;
@@ -599,7 +586,7 @@ mod tests {
             let before = h.len();
             // As `DeferredText` holds them: like the ones before when it can.
             match h.like_middle(e) {
-                Some(mid) => h.push_like(e, mid),
+                Some(_) => assert_eq!(h.push_like_run(usize::MAX, std::iter::once(&e[..])), 1),
                 None => h.push(e, h.diff(e)),
             }
             assert!(h.len() - before <= Hold::bound(e));
