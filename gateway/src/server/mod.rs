@@ -24,6 +24,7 @@ mod local;
 mod proxy;
 mod relay;
 mod slots;
+mod spares;
 mod timer;
 mod worker;
 

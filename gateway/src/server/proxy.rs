@@ -228,7 +228,7 @@ pub async fn handle(
     };
     drop(info);
     cin.consume(body.request_len());
-    let (p, acct) = first.map_err(|e| (e, false))?;
+    let (p, mut acct) = first.map_err(|e| (e, false))?;
     let admission = if scopes.is_empty() {
         Admission::none()
     } else {
@@ -249,7 +249,6 @@ pub async fn handle(
     };
     drop(scopes);
     let rate_headers = admission.headers.pairs();
-    let mut acct = acct;
     let mut served = p.served.clone();
     let mut upstream = w.shared.upstreams[p.upstream as usize].cfg.name.clone();
     let stream = p.stream;
@@ -607,7 +606,9 @@ fn prepare(
         });
     }
     let parts = splice(bytes, &mut edits);
-    let mut request = Vec::new();
+    // Room for the head as the client sent it and the body: the rebuilt
+    // head is about as long.
+    let mut request = w.spares.take(head.len + bytes.len() + 256);
     build(
         &mut request,
         up,

@@ -36,7 +36,7 @@ use crate::upstream::{Take, UpConn};
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Upstream read buffer size.
-const READ_BUF: usize = 16 * 1024;
+const READ_BUF: usize = super::spares::READ_SIZE;
 /// Read buffer size once a body read has filled the buffer (the upstream
 /// sends faster than the relay goes: a fast model, a cached answer, a slow
 /// client). Fewer, larger reads and writes cut the CPU per 1,000-event
@@ -219,7 +219,8 @@ pub async fn relay(
                 let wait = at
                     .first_byte_limit
                     .map_or(cfg.response_timeout, |l| l.min(cfg.response_timeout));
-                match read_head(&mut conn, timer, wait, &up.cfg.name).await {
+                let head_buf = w.spares.take(READ_BUF);
+                match read_head(&mut conn, timer, wait, &up.cfg.name, head_buf).await {
                     Ok((buf, head)) => break (conn, buf, head),
                     // One that dies later may have been working on the
                     // request: a failed attempt, failover decides.
@@ -254,6 +255,7 @@ pub async fn relay(
             }
         }
     };
+    w.spares.give(request);
     log.ttfb = Some(started.elapsed());
     let status = head.status;
     let class = Class::of_status(status, &buf[head.len..]);
@@ -299,7 +301,7 @@ pub async fn relay(
     (at.on_head)(status);
     let rewrite = acct.start(status, p.strip_usage, p.add_usage);
 
-    let mut out = Vec::with_capacity(1024 + buf.len());
+    let mut out = w.spares.take(1024 + buf.len());
     let prompt_value = acct.prompt_estimate().map(Digits::new);
     let attempts_value = Digits::new(u64::from(at.number));
     // At most four headers of the gateway's own, on the stack.
@@ -369,7 +371,8 @@ pub async fn relay(
     while !complete {
         buf.clear();
         if backlog && buf.capacity() < BACKLOG_READ_BUF {
-            buf = Vec::with_capacity(BACKLOG_READ_BUF);
+            let larger = w.spares.take(BACKLOG_READ_BUF);
+            w.spares.give(std::mem::replace(&mut buf, larger));
         }
         let Some(up_conn) = conn.as_mut() else { break };
         let read = timer.within(cfg.read_timeout, up_conn.read_more(buf)).await;
@@ -400,7 +403,9 @@ pub async fn relay(
                     let at = begin_payload(&mut out, emit);
                     acct.end(Some(&mut out));
                     end_payload(&mut out, at, chunked, true);
-                    if wr.write_all(out).await.0.is_err() {
+                    let (res, back) = wr.write_all(out).await;
+                    out = back;
+                    if res.is_err() {
                         return Ok(Done::Aborted { status: 499 });
                     }
                 }
@@ -442,6 +447,8 @@ pub async fn relay(
             return Ok(Done::Aborted { status: 499 });
         }
     }
+    w.spares.give(buf);
+    w.spares.give(out);
     Ok(Done::Relayed {
         status,
         close: close_after || framing == ClientFraming::Dechunk || framing == ClientFraming::Close,
@@ -550,9 +557,9 @@ async fn read_head(
     timer: &mut ConnTimer,
     timeout: Duration,
     name: &str,
+    mut buf: Vec<u8>,
 ) -> Result<(Vec<u8>, ResponseHead), HeadError> {
-    let work = async {
-        let mut buf = Vec::with_capacity(READ_BUF);
+    let work = async move {
         loop {
             let (res, b) = conn.read_more(buf).await;
             buf = b;

@@ -10,9 +10,15 @@
 //! on it). On the heap and kept for the connection's life, it is
 //! allocated once and each wait only moves its deadline. Freed while the
 //! connection is parked, so an idle connection does not hold it.
+//!
+//! A wait is a small future of its own ([`Within`]) rather than an
+//! `async fn` around `select!`: that form moved the awaited future twice
+//! (into its arguments, then into the select's storage), and the relay
+//! makes one for every upstream read.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use monoio::time::Sleep;
@@ -37,17 +43,39 @@ impl ConnTimer {
     }
 
     /// Runs `f` for at most `limit`.
-    pub async fn within<F: Future>(&mut self, limit: Duration, f: F) -> Result<F::Output, Elapsed> {
-        let sleep = self.at(Instant::now() + limit);
-        monoio::select! {
-            r = f => Ok(r),
-            _ = sleep => Err(Elapsed),
+    pub fn within<F: Future>(&mut self, limit: Duration, f: F) -> Within<'_, F> {
+        Within {
+            f,
+            sleep: self.at(Instant::now() + limit),
         }
     }
 
     /// Frees the timer (a parked connection holds none).
     pub fn release(&mut self) {
         self.0 = None;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`ConnTimer::within`]: `f`'s output, or [`Elapsed`] once the timer
+    /// fires first. `f` is polled first, so a result ready when the
+    /// deadline passes is kept.
+    pub struct Within<'t, F> {
+        #[pin]
+        f: F,
+        sleep: Pin<&'t mut Sleep>,
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(r) = this.f.poll(cx) {
+            return Poll::Ready(Ok(r));
+        }
+        this.sleep.as_mut().poll(cx).map(|()| Err(Elapsed))
     }
 }
 
@@ -79,6 +107,9 @@ mod tests {
             // And a long deadline after a short one does not fire early.
             let quick = monoio::time::sleep(Duration::from_millis(40));
             assert_eq!(t.within(Duration::from_secs(60), quick).await, Ok(()));
+            // The awaited future is polled first: a result ready when the
+            // deadline has passed is kept.
+            assert_eq!(t.within(Duration::ZERO, async { 8 }).await, Ok(8));
             t.release();
             assert!(t.0.is_none());
             assert_eq!(

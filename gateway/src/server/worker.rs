@@ -61,6 +61,8 @@ pub struct Worker {
     pub active: Cell<usize>,
     /// Idle deadlines of parked client connections.
     pub idle: Rc<super::idle_sweep::IdleSweep>,
+    /// Buffers reused from request to request.
+    pub spares: super::spares::Spares,
     ids: RequestIds,
 }
 
@@ -227,6 +229,7 @@ pub async fn run(
         drain: Rc::new(Drain::default()),
         active: Cell::new(0),
         idle: Rc::default(),
+        spares: Default::default(),
         ids: RequestIds::new(id),
     });
     tracing::info!(worker = id, driver = driver.name(), listen = %shared.cfg.server.listen, "worker started");

@@ -100,28 +100,37 @@ impl UpConn {
     }
 
     /// Reads into the spare capacity of `buf`, appending.
+    ///
+    /// The TLS branches' futures are boxed: a rustls read or write future
+    /// is large, and inline it would size this future (and every future
+    /// that holds it: the relay's reads run once per upstream read)
+    /// for TLS even on plain connections, which then pay a copy of it
+    /// each time one is made.
     pub async fn read_more(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let len = buf.len();
         let cap = buf.capacity();
         let slice = monoio::buf::IoBufMut::slice_mut(buf, len..cap);
         let (res, slice) = match &mut self.io {
             Io::Plain(s) => s.read(slice).await,
-            Io::Tls(s) => s.read(slice).await,
+            Io::Tls(s) => Box::pin(s.read(slice)).await,
         };
         (res, slice.into_inner())
     }
 
-    /// Writes all of `buf`.
+    /// Writes all of `buf` (the TLS branch boxed, as in `read_more`).
     pub async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match &mut self.io {
             Io::Plain(s) => s.write_all(buf).await,
             Io::Tls(s) => {
-                let r = s.write_all(buf).await;
-                // rustls buffers records; push them to the socket now.
-                match s.flush().await {
-                    Ok(()) => r,
-                    Err(e) => (Err(e), r.1),
-                }
+                Box::pin(async {
+                    let r = s.write_all(buf).await;
+                    // rustls buffers records; push them to the socket now.
+                    match s.flush().await {
+                        Ok(()) => r,
+                        Err(e) => (Err(e), r.1),
+                    }
+                })
+                .await
             }
         }
     }
