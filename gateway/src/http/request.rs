@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use super::headers::{has_token, trim};
+use super::headers::{has_token, names, trim};
 use crate::error::{Error, Kind};
 
 /// Most header fields accepted in one request.
@@ -129,7 +129,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, Error> {
         let name = h.name.as_bytes();
         let value = trim(h.value);
         headers.push((off(name), off(value)));
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if names::CONTENT_LENGTH.is(name) {
             let n = parse_length(value)
                 .ok_or_else(|| Error::new(Kind::BadRequest, "invalid Content-Length"))?;
             if content_length.is_some_and(|c| c != n) {
@@ -139,7 +139,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, Error> {
                 ));
             }
             content_length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if names::TRANSFER_ENCODING.is(name) {
             if te_seen || !value.eq_ignore_ascii_case(b"chunked") {
                 return Err(Error::new(
                     Kind::NotImplemented,
@@ -148,9 +148,9 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, Error> {
             }
             te_seen = true;
             chunked = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if names::CONNECTION.is(name) {
             conn_close |= has_token(value, b"close");
-        } else if name.eq_ignore_ascii_case(b"expect") {
+        } else if names::EXPECT.is(name) {
             if value.eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
             } else {
@@ -159,7 +159,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, Error> {
                     "only `Expect: 100-continue` is supported",
                 ));
             }
-        } else if name.eq_ignore_ascii_case(b"x-request-id") && valid_request_id(value) {
+        } else if names::X_REQUEST_ID.is(name) && valid_request_id(value) {
             request_id = Some(off(value));
         }
     }

@@ -3,7 +3,7 @@
 
 use super::UpstreamRuntime;
 use crate::http::RequestHead;
-use crate::http::headers::drop_upstream;
+use crate::http::headers::{drop_upstream, forward_lines, names};
 use crate::http::response::push_u64;
 
 /// Everything from the client request that goes upstream.
@@ -34,18 +34,11 @@ pub fn build(out: &mut Vec<u8>, up: &UpstreamRuntime, f: &Forward<'_>) {
         .head
         .headers
         .iter()
-        .find(|(n, _)| f.buf[n.clone()].eq_ignore_ascii_case(b"connection"))
+        .find(|(n, _)| names::CONNECTION.is(&f.buf[n.clone()]))
         .map_or(&[][..], |(_, v)| &f.buf[v.clone()]);
-    for (n, v) in &f.head.headers {
-        let name = &f.buf[n.clone()];
-        if drop_upstream(name, connection) {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(&f.buf[v.clone()]);
-        out.extend_from_slice(b"\r\n");
-    }
+    forward_lines(out, f.buf, &f.head.headers, f.head.len, |name| {
+        drop_upstream(name, connection)
+    });
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(f.request_id);
     out.extend_from_slice(b"\r\ncontent-length: ");

@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use crate::error::{Error, Kind};
-use crate::http::headers::{drop_downstream, has_token, trim};
+use crate::http::headers::{drop_downstream, forward_lines, has_token, names, trim};
 use crate::http::response::{header, push_u64};
 
 /// How the upstream delimits its response body.
@@ -81,7 +81,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<ResponseHead>, Error> {
         let name = h.name.as_bytes();
         let value = trim(h.value);
         headers.push((off(name), off(value)));
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if names::CONTENT_LENGTH.is(name) {
             let n = std::str::from_utf8(value)
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
@@ -99,7 +99,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<ResponseHead>, Error> {
                 ));
             }
             length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if names::TRANSFER_ENCODING.is(name) {
             // Only a lone `chunked` is relayed: another coding (gzip,
             // chunked) would reach the client as undeclared compressed
             // bytes, and the gateway asks for identity anyway.
@@ -110,7 +110,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<ResponseHead>, Error> {
                 ));
             }
             chunked = true;
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if names::CONNECTION.is(name) {
             connection = Some(off(value));
             if has_token(value, b"close") {
                 close = true;
@@ -197,13 +197,9 @@ pub fn client_head(
     }
     out.extend_from_slice(b"\r\n");
     let connection = head.connection.clone().map_or(&[][..], |r| &buf[r]);
-    for (n, v) in &head.headers {
-        let name = &buf[n.clone()];
-        if drop_downstream(name, connection) {
-            continue;
-        }
-        header(out, name, &buf[v.clone()]);
-    }
+    forward_lines(out, buf, &head.headers, head.len, |name| {
+        drop_downstream(name, connection)
+    });
     match (head.framing, framing) {
         (_, ClientFraming::Rechunk) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         (Framing::Length(n), ClientFraming::Passthrough) => {
@@ -256,6 +252,65 @@ mod tests {
         assert!(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").is_err());
         assert!(parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n").is_err());
         assert!(parse(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
+    }
+
+    /// The client's head for `raw`, and its header lines.
+    fn forwarded(raw: &str) -> (String, Vec<(String, String)>) {
+        let h = parse(raw.as_bytes()).unwrap().unwrap();
+        let mut out = Vec::new();
+        let added = Added {
+            request_id: b"rid",
+            route: &[],
+            extra: &[],
+            close: false,
+            rechunk: false,
+        };
+        client_head(&mut out, raw.as_bytes(), &h, 1, &added);
+        let s = String::from_utf8(out).unwrap();
+        let back = parse(s.as_bytes()).unwrap().unwrap();
+        let lines = back
+            .headers
+            .iter()
+            .map(|(n, v)| (s[n.clone()].to_string(), s[v.clone()].to_string()))
+            .collect();
+        (s, lines)
+    }
+
+    #[test]
+    fn kept_lines_are_forwarded_as_sent_and_bare_lf_lines_rewritten() {
+        // Runs of kept lines, broken by dropped ones; odd but valid
+        // spacing kept as sent; every line of the result ends in CRLF.
+        let raw = "HTTP/1.1 200 OK\r\nContent-Type:application/json\r\nX-A:  1 \r\nConnection: x-b\r\nX-B: 2\r\nContent-Length: 2\r\nOpenAI-Version: 2020-10-01\r\nX-C: 3\r\n\r\nok";
+        let (s, lines) = forwarded(raw);
+        assert!(s.starts_with("HTTP/1.1 200 OK\r\nContent-Type:application/json\r\nX-A:  1 \r\nOpenAI-Version: 2020-10-01\r\nX-C: 3\r\ncontent-length: 2\r\n"), "{s}");
+        let names: Vec<&str> = lines.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Content-Type",
+                "X-A",
+                "OpenAI-Version",
+                "X-C",
+                "content-length",
+                "x-request-id"
+            ]
+        );
+        assert_eq!(lines[1].1, "1");
+        // Bare LF line ends (httparse takes them): rewritten with CRLF,
+        // the CRLF lines around them still as sent.
+        let raw = "HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\nX-C:3\r\nContent-Length: 0\n\n";
+        let (s, lines) = forwarded(raw);
+        assert!(
+            s.starts_with("HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nX-C:3\r\ncontent-length: 0\r\n"),
+            "{s}"
+        );
+        assert_eq!(lines.len(), 5);
+        assert!(!s.replace("\r\n", "").contains('\n'), "{s:?}");
+        // A last kept line before a bare-LF blank line is rewritten too.
+        let raw = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Last: z\r\n\n";
+        let (s, _) = forwarded(raw);
+        assert!(s.contains("X-Last: z\r\n"), "{s:?}");
+        assert!(!s.replace("\r\n", "").contains('\n'), "{s:?}");
     }
 
     #[test]
