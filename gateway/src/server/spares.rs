@@ -92,7 +92,7 @@ mod tests {
     }
 
     #[test]
-    fn read_buffers_and_the_rest_are_kept_apart_and_grown_when_short() {
+    fn read_buffers_and_the_rest_are_kept_apart_and_replaced_when_short() {
         let s = Spares::default();
         s.give(Vec::with_capacity(READ_SIZE));
         s.give(Vec::with_capacity(100));

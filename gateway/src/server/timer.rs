@@ -108,8 +108,18 @@ mod tests {
             let quick = monoio::time::sleep(Duration::from_millis(40));
             assert_eq!(t.within(Duration::from_secs(60), quick).await, Ok(()));
             // The awaited future is polled first: a result ready when the
-            // deadline has passed is kept.
-            assert_eq!(t.within(Duration::ZERO, async { 8 }).await, Ok(8));
+            // deadline has passed is kept. This one is ready whenever it
+            // is polled again; nothing but the timer wakes the task, so
+            // that poll is the one where the timer has fired too.
+            let mut polls = 0;
+            let late = std::future::poll_fn(|_| {
+                polls += 1;
+                if polls == 1 {
+                    return std::task::Poll::Pending;
+                }
+                std::task::Poll::Ready(8)
+            });
+            assert_eq!(t.within(Duration::from_millis(5), late).await, Ok(8));
             t.release();
             assert!(t.0.is_none());
             assert_eq!(

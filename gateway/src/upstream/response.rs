@@ -297,14 +297,17 @@ mod tests {
         );
         assert_eq!(lines[1].1, "1");
         // Bare LF line ends (httparse takes them): rewritten with CRLF,
-        // the CRLF lines around them still as sent.
-        let raw = "HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\nX-C:3\r\nContent-Length: 0\n\n";
+        // the CRLF lines around them still as sent. (A space before the
+        // LF makes a line as long as a CRLF one.)
+        let raw = "HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\nX-C:3\r\nX-D: 4 \nContent-Length: 0\n\n";
         let (s, lines) = forwarded(raw);
         assert!(
-            s.starts_with("HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nX-C:3\r\ncontent-length: 0\r\n"),
+            s.starts_with(
+                "HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nX-C:3\r\nX-D: 4\r\ncontent-length: 0\r\n"
+            ),
             "{s}"
         );
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines.len(), 6);
         assert!(!s.replace("\r\n", "").contains('\n'), "{s:?}");
         // A last kept line before a bare-LF blank line is rewritten too.
         let raw = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Last: z\r\n\n";
