@@ -132,13 +132,15 @@ fn redis_totals(url: &str) -> Option<(Sums, u64)> {
     Some((s, len))
 }
 
-/// Bytes in the `.spool` files of `dir`.
+/// Bytes in the `.spool` files of `dir`. The gateway deletes a segment
+/// once it is replayed, so a file listed may be gone a moment later: it
+/// holds nothing then.
 fn spooled_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|d| {
-            d.map(|e| e.unwrap().path())
+            d.filter_map(|e| Some(e.ok()?.path()))
                 .filter(|p| p.extension().is_some_and(|e| e == "spool"))
-                .map(|p| std::fs::metadata(p).unwrap().len())
+                .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
                 .sum()
         })
         .unwrap_or(0)

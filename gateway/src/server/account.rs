@@ -278,10 +278,23 @@ impl Accountant {
         }
     }
 
+    /// A non-streamed answer's whole body, when the relay has all of it
+    /// in one read (what a JSON answer usually is): its usage is read
+    /// where it lies, and the payload that follows is not copied to be
+    /// read at the end. A body without usage is still copied (the tally
+    /// counts its text then).
+    pub fn whole_body(&mut self, body: &[u8]) {
+        if self.stream || self.usage.is_some() || !self.body.is_empty() {
+            return;
+        }
+        self.usage = crate::usage::body::body_usage(body);
+    }
+
     /// Looks at payload bytes that go to the client unchanged.
     fn look(&mut self, p: &[u8]) {
         let Some(scanner) = self.scanner.as_mut() else {
-            if !self.stream && !self.body_over {
+            // A body whose usage was read whole is not kept.
+            if !self.stream && !self.body_over && self.usage.is_none() {
                 if self.body.len() + p.len() > MAX_BODY {
                     self.body_over = true;
                     self.body = Vec::new();
@@ -361,7 +374,8 @@ impl Accountant {
         let usage = if self.stream {
             self.usage
         } else {
-            crate::usage::body::body_usage(&self.body)
+            self.usage
+                .or_else(|| crate::usage::body::body_usage(&self.body))
         };
         if let Some(u) = usage {
             return Tally {
@@ -470,6 +484,43 @@ mod tests {
         );
         assert!(a.start(200, strip, add));
         a
+    }
+
+    fn answering() -> Accountant {
+        let mut a = Accountant::new(
+            Some(Encoding::Cl100k),
+            false,
+            Some(7),
+            true,
+            Text::new("rid"),
+            Arc::from("m"),
+        );
+        assert!(!a.start(200, false, false));
+        a
+    }
+
+    #[test]
+    fn a_whole_body_is_read_where_it_lies_and_not_kept() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"hello there"}}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#;
+        let mut a = answering();
+        a.whole_body(body);
+        a.payload(body, None);
+        assert!(a.body.is_empty());
+        assert_eq!(a.tally().completion, (3, Source::Provider));
+        assert_eq!(a.tally().prompt, (7, Source::Provider));
+        // The same body in two reads, not seen whole: kept, same answer.
+        let mut a = answering();
+        a.payload(&body[..40], None);
+        a.payload(&body[40..], None);
+        assert_eq!(a.body.len(), body.len());
+        assert_eq!(a.tally().completion, (3, Source::Provider));
+        // No usage in it: kept, and its text counted.
+        let bare = br#"{"id":"x","choices":[{"message":{"content":"hello there"}}]}"#;
+        let mut a = answering();
+        a.whole_body(bare);
+        a.payload(bare, None);
+        assert_eq!(a.body.len(), bare.len());
+        assert_eq!(a.tally().completion, (2, Source::Estimated));
     }
 
     const CHUNK: &str = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" hi\"}}]}\n\n";

@@ -333,6 +333,13 @@ pub async fn relay(
         ClientFraming::Rechunk => Emit::Payload { chunked: true },
     };
     let mut body = BodyState::new(head.framing);
+    if let (Framing::Length(n), Emit::Raw) = (head.framing, emit)
+        && let Some(whole) = usize::try_from(n)
+            .ok()
+            .and_then(|n| buf.get(head.len..)?.get(..n))
+    {
+        acct.whole_body(whole);
+    }
     let at = begin_payload(&mut out, emit);
     let fed = match feed(&mut body, acct, emit, &buf[head.len..], &mut out) {
         Ok(f) => f,
