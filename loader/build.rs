@@ -23,6 +23,7 @@ fn main() {
         println!(
             "cargo::warning=no clang found (BPF_CLANG, clang-19, clang-16, clang): building without eBPF"
         );
+        watch_for_clang();
         return;
     };
     let arch = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
@@ -40,6 +41,20 @@ fn main() {
         }
     }
     println!("cargo::rustc-cfg=tollgate_ebpf");
+}
+
+/// Without clang, runs this script again once something is installed in
+/// a `PATH` directory (where a clang would appear), not only when
+/// `BPF_CLANG` changes: a build made before `tests/run.sh` or the
+/// harness installed clang would otherwise stay without eBPF.
+fn watch_for_clang() {
+    println!("cargo::rerun-if-env-changed=PATH");
+    let Some(path) = env::var_os("PATH") else {
+        return;
+    };
+    for dir in env::split_paths(&path).filter(|d| d.is_dir()) {
+        println!("cargo::rerun-if-changed={}", dir.display());
+    }
 }
 
 fn find_clang() -> Option<String> {
