@@ -473,30 +473,26 @@ fn body_text(body: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn rewriting(strip: bool, add: bool) -> Accountant {
+    /// A chat accountant after a 200 head: streamed, or not.
+    fn started(stream: bool, strip: bool, add: bool) -> Accountant {
         let mut a = Accountant::new(
             Some(Encoding::Cl100k),
-            true,
+            stream,
             Some(7),
             true,
             Text::new("rid"),
             Arc::from("m"),
         );
-        assert!(a.start(200, strip, add));
+        assert_eq!(a.start(200, strip, add), stream && (strip || add));
         a
     }
 
+    fn rewriting(strip: bool, add: bool) -> Accountant {
+        started(true, strip, add)
+    }
+
     fn answering() -> Accountant {
-        let mut a = Accountant::new(
-            Some(Encoding::Cl100k),
-            false,
-            Some(7),
-            true,
-            Text::new("rid"),
-            Arc::from("m"),
-        );
-        assert!(!a.start(200, false, false));
-        a
+        started(false, false, false)
     }
 
     #[test]
