@@ -312,7 +312,10 @@ mod tests {
         // Empty values, as sent and rewritten.
         let raw = "HTTP/1.1 200 OK\r\nX-E:\r\nX-F: \nContent-Length: 0\r\n\r\n";
         let (s, lines) = forwarded(raw);
-        assert!(s.starts_with("HTTP/1.1 200 OK\r\nX-E:\r\nX-F: \r\n"), "{s:?}");
+        assert!(
+            s.starts_with("HTTP/1.1 200 OK\r\nX-E:\r\nX-F: \r\n"),
+            "{s:?}"
+        );
         assert_eq!(lines[0], ("X-E".to_string(), String::new()));
         // A last kept line before a bare-LF blank line is rewritten too.
         let raw = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Last: z\r\n\n";
