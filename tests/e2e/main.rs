@@ -410,9 +410,13 @@ fn chunked_request_bodies_and_expect_continue() {
             break;
         }
     }
-    assert!(ended, "the gateway kept reading framing overhead");
-    if let Ok(r) = c.read_response() {
-        assert_eq!(r.status, 413);
+    // The kernel may take all of it before the gateway has read 16 MiB
+    // (a loopback receive buffer grows to 32 MiB here), so the writes
+    // need not fail: the answer must still come, and be the 413, long
+    // before the body timeout (30 s) that would end an unbounded read.
+    match c.read_response() {
+        Ok(r) => assert_eq!(r.status, 413, "the gateway kept reading framing overhead"),
+        Err(e) => assert!(ended, "no answer and no failed write: {e}"),
     }
 
     // Expect: 100-continue: the gateway says 100 before the body is sent.
