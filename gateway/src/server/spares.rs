@@ -7,8 +7,8 @@
 //! took mimalloc's slow path: a size class whose only block was freed has
 //! an empty free list, and the allocation that follows goes through
 //! `_mi_malloc_generic` to collect it back (~100 instructions a buffer,
-//! counted with callgrind). A worker keeps a few instead: a short scan
-//! and a pop, then a push.
+//! counted with callgrind). A worker keeps a few instead: a pop, then a
+//! push.
 //!
 //! Two lists, by size: read buffers (16 KiB and up) and the rest
 //! (requests and answer heads, a few KiB). A take pops the top of its
