@@ -6,6 +6,8 @@
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::http::headers::names;
+
 /// A key digest.
 pub type Digest = [u8; 32];
 
@@ -76,7 +78,7 @@ pub fn from_headers<'a>(
         let (Some(name), Some(value)) = (buf.get(n.clone()), buf.get(v.clone())) else {
             continue;
         };
-        if name.eq_ignore_ascii_case(b"authorization") {
+        if names::AUTHORIZATION.is(name) {
             let value = value.trim_ascii();
             if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
                 let k = value[7..].trim_ascii();
@@ -84,9 +86,7 @@ pub fn from_headers<'a>(
                     return Some(k);
                 }
             }
-        } else if (name.eq_ignore_ascii_case(b"x-api-key") || name.eq_ignore_ascii_case(b"api-key"))
-            && alt.is_none()
-        {
+        } else if (names::X_API_KEY.is(name) || names::API_KEY.is(name)) && alt.is_none() {
             let k = value.trim_ascii();
             if !k.is_empty() {
                 alt = Some(k);

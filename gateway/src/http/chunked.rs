@@ -354,6 +354,7 @@ pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn hex_digit_table_is_every_hex_digit_and_nothing_else() {
@@ -362,7 +363,6 @@ mod tests {
             assert_eq!(hex_digit(b), want, "byte {b}");
         }
     }
-    use proptest::prelude::*;
 
     #[test]
     fn chunks_begun_before_their_data_decode_to_it() {

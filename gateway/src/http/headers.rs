@@ -42,11 +42,6 @@ const HOP_BY_HOP: &[&[u8]] = &[
     b"upgrade",
 ];
 
-/// True for a hop-by-hop field name.
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    Names::of(name).hop_by_hop
-}
-
 /// What the fixed lists say of one field name. Every forwarded field's
 /// name is checked against all of them (17 names up, 11 down), so the
 /// name's length picks the few it can be first: a comparison or two
@@ -200,10 +195,7 @@ pub fn forward_lines(
             }
         } else {
             flush(out, &mut run);
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(&buf[v.clone()]);
-            out.extend_from_slice(b"\r\n");
+            super::response::header(out, name, &buf[v.clone()]);
         }
     }
     flush(out, &mut run);
