@@ -107,6 +107,18 @@ pub(crate) fn next_special(b: &[u8], i: usize) -> usize {
     next_hit(b, i, special_lanes, b' ').unwrap_or(b.len())
 }
 
+/// Index of the first byte of `b[i..i + LANES]` that stops a string's
+/// plain run, looking at those sixteen bytes only: `None` when none of
+/// them does or fewer remain. The inline first step of a string skip,
+/// which settles most keys and short values without a call.
+#[inline(always)]
+pub(crate) fn special_within(b: &[u8], i: usize) -> Option<usize> {
+    match special_lanes(b.get(i..i + LANES)?) {
+        0 => None,
+        hits => Some(i + hits.trailing_zeros() as usize),
+    }
+}
+
 /// Index of the first byte at or after `i` that `lanes` marks, 16 bytes
 /// a step; the tail is padded with `pad`, a byte `lanes` does not mark.
 #[inline(always)]
@@ -321,6 +333,39 @@ mod tests {
         assert_eq!(next_special(b, 0), 3);
         assert_eq!(next_special(b"", 0), 0);
         assert_eq!(next_special(b"abc", 3), 3);
+    }
+
+    #[test]
+    fn special_within_reads_sixteen_bytes_only() {
+        let hit = |c: u8| c == b'"' || c == b'\\' || c < 0x20;
+        for len in [0, 1, 15, 16, 17, 31, 40] {
+            for pos in 0..len.max(1) {
+                for byte in 0..=255u8 {
+                    let mut b = vec![b'a'; len];
+                    if pos < len {
+                        b[pos] = byte;
+                    }
+                    for start in [
+                        0,
+                        pos.saturating_sub(15),
+                        pos.saturating_sub(3),
+                        pos,
+                        pos + 1,
+                    ] {
+                        // Fewer than sixteen bytes left: no answer, not a
+                        // look past the end.
+                        let want = (start + LANES <= len)
+                            .then(|| (start..start + LANES).find(|&k| hit(b[k])))
+                            .flatten();
+                        assert_eq!(
+                            special_within(&b, start),
+                            want,
+                            "byte {byte:#x} at {pos} of {len}, from {start}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

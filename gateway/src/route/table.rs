@@ -125,6 +125,33 @@ pub struct Route {
     pub tokenizer: Option<Tokenizer>,
     /// Price per token (`None`: free for money budgets).
     pub price: Option<Price>,
+    /// Per target, the encoding that counts its tokens where the served
+    /// model is fixed (a rewrite, or an exact route's own name), resolved
+    /// once here instead of matching the model family on every request;
+    /// `None` where it is known only per request (a glob target passing
+    /// the client's name on).
+    encodings: Box<[Option<Option<Encoding>>]>,
+}
+
+impl Route {
+    /// The name a target's requests are sent upstream under, when it does
+    /// not depend on the request: the target's rewrite, else an exact
+    /// route's own name.
+    fn fixed_served<'a>(&'a self, target: &'a Target) -> Option<&'a str> {
+        target
+            .model
+            .as_deref()
+            .or((!self.is_glob).then_some(&*self.name))
+    }
+
+    /// The encoding that counts tokens for target `i` of this route,
+    /// serving `served` (`None`: the model is not counted).
+    pub fn encoding(&self, i: usize, served: &str) -> Option<Encoding> {
+        match self.encodings.get(i) {
+            Some(Some(fixed)) => *fixed,
+            _ => crate::tokens::resolve(self.tokenizer, served),
+        }
+    }
 }
 
 /// Price of a model in micro-dollars per token (= dollars per million).
@@ -186,7 +213,7 @@ impl RouteTable {
                 }
                 t.insert_exact(&mut errors, alias, i, &format!("aliases[{j}]"));
             }
-            t.routes.push(Route {
+            let mut route = Route {
                 name: Arc::from(spec.name.as_str()),
                 aliases: spec.aliases.iter().map(|a| Arc::from(a.as_str())).collect(),
                 targets: spec.targets,
@@ -197,7 +224,18 @@ impl RouteTable {
                 deadline: spec.deadline,
                 tokenizer: spec.tokenizer,
                 price: spec.price,
-            });
+                encodings: Box::default(),
+            };
+            route.encodings = route
+                .targets
+                .iter()
+                .map(|tg| {
+                    route
+                        .fixed_served(tg)
+                        .map(|served| crate::tokens::resolve(route.tokenizer, served))
+                })
+                .collect();
+            t.routes.push(route);
         }
         // Fallbacks name models; resolve them now that all names are known.
         let mut resolved = Vec::new();
@@ -305,7 +343,7 @@ impl RouteTable {
         };
         for r in &self.routes {
             for t in &r.targets {
-                let served = t.model.as_deref().or((!r.is_glob).then_some(&*r.name));
+                let served = r.fixed_served(t);
                 if r.tokenizer.is_none() && served.is_none() {
                     add(Encoding::O200k);
                     add(Encoding::Cl100k);
@@ -327,6 +365,48 @@ mod tests {
             aliases: aliases.iter().map(|s| s.to_string()).collect(),
             ..ModelSpec::new(name, vec![Target::new(0, None, 1)])
         }
+    }
+
+    #[test]
+    fn a_target_counts_with_its_served_model_s_encoding() {
+        let model = |name: &str, served: Option<&str>, tok: Option<Tokenizer>| ModelSpec {
+            tokenizer: tok,
+            ..ModelSpec::new(name, vec![Target::new(0, served.map(Arc::from), 1)])
+        };
+        let t = RouteTable::build(vec![
+            model("gpt-4o-mini", None, None),
+            model("fast", Some("gpt-4"), None),
+            model("gpt-*", None, None),
+            model("claude-*", Some("gpt-4.1"), None),
+            model("quiet", None, Some(Tokenizer::None)),
+            model("llama", None, Some(Tokenizer::O200kBase)),
+        ])
+        .unwrap();
+        // What prepare passes as `served` for each: the rewrite, the
+        // route's own name, or (globs) the client's.
+        let cases = [
+            (0, "gpt-4o-mini", Some(Encoding::O200k)),
+            (1, "gpt-4", Some(Encoding::Cl100k)),
+            (2, "gpt-4o", Some(Encoding::O200k)),
+            (2, "gpt-3.5-turbo", Some(Encoding::Cl100k)),
+            (3, "gpt-4.1", Some(Encoding::O200k)),
+            (4, "quiet", None),
+            (5, "llama", Some(Encoding::O200k)),
+        ];
+        for (route, served, want) in cases {
+            let r = t.route(route);
+            assert_eq!(r.encoding(0, served), want, "{} serving {served}", r.name);
+            assert_eq!(
+                r.encoding(0, served),
+                crate::tokens::resolve(r.tokenizer, served),
+                "{}: the same as resolving per request",
+                r.name
+            );
+        }
+        // Resolved at build where the served model is fixed; a glob that
+        // passes the client's name on resolves per request.
+        let fixed: Vec<bool> = (0..6).map(|i| t.route(i).encodings[0].is_some()).collect();
+        assert_eq!(fixed, [true, true, false, true, true, true]);
     }
 
     #[test]

@@ -620,7 +620,7 @@ fn prepare(
             request_id: rid,
         },
     );
-    let enc = tokens_for(route, &served);
+    let enc = route.encoding(pick.target, &served);
     let prompt_estimate = enc.and_then(|e| prompt_tokens(ep, e, bytes, info));
     let acct = Accountant::new(
         enc,
@@ -651,11 +651,6 @@ pub(super) fn id_text(rid: &[u8]) -> std::borrow::Cow<'_, str> {
         Ok(id) => std::borrow::Cow::Borrowed(id),
         Err(_) => String::from_utf8_lossy(rid),
     }
-}
-
-/// The encoding that counts tokens for a route's served model.
-fn tokens_for(route: &crate::route::Route, served: &str) -> Option<Encoding> {
-    crate::tokens::resolve(route.tokenizer, served)
 }
 
 /// Prompt tokens of a request body, before forwarding.
