@@ -211,13 +211,20 @@ async fn read_head(
                 if w.drain.is_raised() {
                     return Ok(None);
                 }
+                // `biased`: the first branch is polled first, every time
+                // (here and in every select on the request path). Random
+                // order is for fairness among many branches; between a
+                // read and its timer, the read should win a tie, and the
+                // random start cost a thread-local RNG draw per poll.
                 monoio::select! {
+                    biased;
                     r = idle_wait(w, cin, &limits, timer) => r,
                     _ = w.drain.wait() => return Ok(None),
                 }
             }
             Some(t0) => {
                 monoio::select! {
+                    biased;
                     r = cin.complete() => Some(r),
                     _ = timer.at(t0 + limits.header_timeout) => None,
                 }
@@ -258,6 +265,7 @@ async fn idle_wait(
         limits.idle_timeout
     };
     monoio::select! {
+        biased;
         r = cin.complete() => return Some(r),
         _ = timer.at(start + first) => {}
     }
@@ -275,6 +283,7 @@ async fn idle_wait(
         cin.complete().await
     };
     monoio::select! {
+        biased;
         r = parked => Some(r),
         _ = w.idle.until(start + limits.idle_timeout) => None,
     }

@@ -357,7 +357,10 @@ pub async fn handle(
         let mut fut = fut;
         let mut watched = None;
         if cin.buf().is_empty() && !cin.is_closed() {
+            // `biased`: an answer that is done wins over a client read
+            // completing in the same turn (see `conn::read_head`).
             monoio::select! {
+                biased;
                 r = &mut fut => watched = Some(r),
                 r = cin.complete() => {
                     if !matches!(r, Ok(n) if n > 0) {
