@@ -582,7 +582,11 @@ def open_loop(env, started, body, cell):
     Then once more for every system at one common rate, half of nginx's
     saturating rate (a load every system here carries), so systems are
     compared at the same offered load too. One second of warm-up
-    (connections, upstream pool) is not measured."""
+    (connections, upstream pool) is not measured. Each step runs `--reps`
+    times, interleaved across systems like the closed loop, and reports the
+    median of each figure with the spread of the added p99: one stall of a
+    shared box (a preempted process holds a few hundred requests of an
+    open loop) moves one rep's p99 by tens of milliseconds."""
     direct = started.get("direct")
     if not direct:
         return
@@ -600,19 +604,35 @@ def open_loop(env, started, body, cell):
             f"{o['direct_p99_us']} us, errors {o['errors']}")
         return o
 
+    def repeated(rates, fixed):
+        runs = {name: [] for name in rates}
+        for _ in range(max(1, env.args.reps)):
+            for name, rate in rates.items():
+                runs[name].append(step(name, dict(tested)[name], rate, fixed))
+        out = {}
+        for name, rs in runs.items():
+            o = {k: statistics.median(r[k] for r in rs)
+                 for k in ("p99_us", "direct_p99_us", "added_p99_us", "p50_us", "direct_p50_us")}
+            added = [r["added_p99_us"] for r in rs]
+            o.update(rate=rs[0]["rate"], conns=rs[0]["conns"], fixed_rate=fixed,
+                     errors=sum(r["errors"] for r in rs),
+                     added_p99_min_us=min(added), added_p99_max_us=max(added), runs=rs)
+            out[name] = o
+        return out
+
     def half_rate(name):
         return 0.5 * statistics.median(r["rps"] for r in cell["systems"][name]["runs"])
 
     tested = [(name, addr) for name, (_, _, addr) in started.items()
                  if name != "direct" and cell["systems"][name]["runs"]]
-    cell["open_loop_half_load"] = {
-        name: step(name, addr, env.args.open_rate or half_rate(name), bool(env.args.open_rate))
-        for name, addr in tested}
+    cell["open_loop_half_load"] = repeated(
+        {name: env.args.open_rate or half_rate(name) for name, _ in tested},
+        bool(env.args.open_rate))
     if env.args.open_rate or "nginx" not in dict(tested):
         return
     rate = half_rate("nginx")
-    cell["open_loop_common"] = {name: step(name, addr, rate, True)
-                                for name, addr in tested if name != "litellm"}
+    cell["open_loop_common"] = repeated(
+        {name: rate for name, _ in tested if name != "litellm"}, True)
 
 
 def sweep(env, started, body, cell):
@@ -854,16 +874,20 @@ def markdown(report, meta):
                 how = how or ("at the same fixed rate for every system" if any(
                     o.get("fixed_rate") for o in ol.values())
                     else "at half of each system's own saturating rate")
+                n = max(len(o.get("runs", [o])) for o in ol.values())
                 out += ["", f"Open loop {how}, 1 s warm-up; the mock directly at the same "
-                        "rate and connections right after:", "",
+                        f"rate and connections right after; {n} run{'s' if n > 1 else ''} "
+                        "each, median (added p99: median, min–max):", "",
                         "| system | rate/s | connections | p50 ms | p99 ms | direct p99 ms | added p99 ms | errors |",
                         "|---|---|---|---|---|---|---|---|"]
                 for name, o in ol.items():
                     out.append(f"| {cell['systems'][name]['label']} | {o['rate']:,.0f} | "
                                f"{o.get('conns', '-')} | "
                                f"{o['p50_us'] / 1e3:.2f} | {o['p99_us'] / 1e3:.2f} | "
-                               f"{o['direct_p99_us'] / 1e3:.2f} | {o['added_p99_us'] / 1e3:.2f} | "
-                               f"{o['errors']} |")
+                               f"{o['direct_p99_us'] / 1e3:.2f} | {o['added_p99_us'] / 1e3:.2f}"
+                               + (f" ({o['added_p99_min_us'] / 1e3:.2f}–{o['added_p99_max_us'] / 1e3:.2f})"
+                                  if len(o.get("runs", [])) > 1 else "")
+                               + f" | {o['errors']} |")
         elif kind == "failover":
             out.append("Closed loop, 8 connections; 1 s in, the primary is killed (`refused`) or "
                        "killed and replaced by a mock answering 503 (`5xx`). Median (min–max).")
