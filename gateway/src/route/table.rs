@@ -136,12 +136,14 @@ pub struct Route {
 impl Route {
     /// The name a target's requests are sent upstream under, when it does
     /// not depend on the request: the target's rewrite, else an exact
-    /// route's own name.
-    fn fixed_served<'a>(&'a self, target: &'a Target) -> Option<&'a str> {
+    /// route's own name (so aliases and fallbacks reach the provider
+    /// under the real name). `None` for a glob target without a rewrite,
+    /// which sends the client's name on.
+    pub fn fixed_served<'a>(&'a self, target: &'a Target) -> Option<&'a Arc<str>> {
         target
             .model
-            .as_deref()
-            .or((!self.is_glob).then_some(&*self.name))
+            .as_ref()
+            .or((!self.is_glob).then_some(&self.name))
     }
 
     /// The encoding that counts tokens for target `i` of this route,
@@ -347,7 +349,9 @@ impl RouteTable {
                 if r.tokenizer.is_none() && served.is_none() {
                     add(Encoding::O200k);
                     add(Encoding::Cl100k);
-                } else if let Some(e) = crate::tokens::resolve(r.tokenizer, served.unwrap_or("")) {
+                } else if let Some(e) =
+                    crate::tokens::resolve(r.tokenizer, served.map_or("", |s| s))
+                {
                     add(e);
                 }
             }

@@ -575,14 +575,11 @@ fn prepare(
     let target = &route.targets[pick.target];
     let up = &w.shared.upstreams[target.upstream as usize];
     log.upstream = Some(up.cfg.name.clone());
-    // The name sent upstream: the target's rewrite, else the route's own
-    // name for exact routes (so aliases and fallbacks reach the provider
-    // under the real name), else what the client asked for (globs pass
-    // names through).
-    let served: Arc<str> = match (&target.model, route.is_glob) {
-        (Some(m), _) => m.clone(),
-        (None, false) => route.name.clone(),
-        (None, true) => Arc::from(info.model.as_ref()),
+    // The name sent upstream: the route's fixed one, else what the client
+    // asked for (globs pass names through).
+    let served: Arc<str> = match route.fixed_served(target) {
+        Some(name) => name.clone(),
+        None => Arc::from(info.model.as_ref()),
     };
     let token = (*served != *info.model).then(|| json_string(&served));
     // Empty (no allocation) unless the body is rewritten.
