@@ -35,7 +35,7 @@ use crate::route::rewrite::{Edit, StreamUsage, json_string, splice, stream_usage
 use crate::route::{BodyInfo, ExtractError, RouteId, UpstreamId, extract};
 use crate::text::Text;
 use crate::tokens::Encoding;
-use crate::upstream::request::{Forward, build};
+use crate::upstream::request::{Forward, build, room};
 use crate::usage::UsageRecord;
 
 /// The OpenAI endpoints routed by model.
@@ -606,20 +606,15 @@ fn prepare(
         });
     }
     let parts = splice(bytes, &mut edits);
-    // Room for the head as the client sent it and the body: the rebuilt
-    // head is about as long.
-    let mut request = w.spares.take(head.len + bytes.len() + 256);
-    build(
-        &mut request,
-        up,
-        &Forward {
-            buf,
-            head,
-            endpoint: ep.suffix(),
-            body: &parts,
-            request_id: rid,
-        },
-    );
+    let forward = Forward {
+        buf,
+        head,
+        endpoint: ep.suffix(),
+        body: &parts,
+        request_id: rid,
+    };
+    let mut request = w.spares.take(room(up, &forward));
+    build(&mut request, up, &forward);
     let enc = route.encoding(pick.target, &served);
     let prompt_estimate = enc.and_then(|e| prompt_tokens(ep, e, bytes, info));
     let acct = Accountant::new(
