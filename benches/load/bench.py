@@ -505,7 +505,11 @@ def scenario_cells(args):
     """(scenario id, kind, body, expected events, {"conns", "headers"} overrides)."""
     paced = {"conns": PACED_CONNS, "headers": (f"x-mock-chunk-delay-ms: {PACED_GAP_MS}",)}
     s = {
-        "forward": [("1-forward", "forward", chat_body("gpt-4o-mini", False, 65), None, {})],
+        # And a long prompt (32 KiB: a chat history, a pasted document),
+        # where what a gateway does per byte of the body shows.
+        "forward": [("1-forward", "forward", chat_body("gpt-4o-mini", False, 65), None, {}),
+                    ("1-forward-32k", "forward", chat_body("gpt-4o-mini", False, 65, 32768),
+                     None, {})],
         "routing": [("2-routing", "routing", chat_body("claude-3", False, 65), None,
                      {"headers": ROUTING_HEADERS})],
         "sse": [("3-sse50", "sse", chat_body("gpt-4o-mini", True, 47, 300), 50, {}),
@@ -513,7 +517,9 @@ def scenario_cells(args):
                 ("3-sse50-paced", "sse", chat_body("gpt-4o-mini", True, 47, 300), 50, paced)],
     }
     if args.smoke:
-        # Debug builds on a busy CI machine: the long stream adds nothing there.
+        # Debug builds on a busy CI machine: the long prompt and the long
+        # stream add nothing there.
+        s["forward"] = s["forward"][:1]
         s["sse"] = s["sse"][:1]
     return s
 
@@ -561,9 +567,9 @@ def run_closed(env, systems, sid, kind, body, expect, over, report):
                 log(f"[{sid}] rep {rep + 1} {name:16} {r['rps']:10.0f} req/s  "
                     f"p99 {r['latency_us']['p99'] if r['latency_us'] else '-':>7} us  "
                     f"cpu {fmt(r.get('cpu_us_per_req'))} us/req  errors {r['errors']}")
-        if args.open_loop and kind == "forward":
+        if args.open_loop and sid == "1-forward":
             open_loop(env, started, body, cell)
-        if args.sweep and kind == "forward":
+        if args.sweep and sid == "1-forward":
             sweep(env, started, body, cell)
     finally:
         for _, proc, _ in started.values():

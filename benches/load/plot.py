@@ -112,7 +112,8 @@ def main():
     outdir = sys.argv[1] if len(sys.argv) > 1 else "benches/results"
     TAG = sys.argv[2] if len(sys.argv) > 2 else ""
     throughput(outdir)
-    for s in ("1-forward", "2-routing", "3-sse50", "3-sse1000", "3-sse50-paced"):
+    for s in ("1-forward", "1-forward-32k", "2-routing", "3-sse50", "3-sse1000",
+              "3-sse50-paced"):
         cdf(outdir, s)
 
 
