@@ -73,7 +73,8 @@ def chat_body(model, stream, max_tokens, size=1000):
     }
     text = json.dumps(body, separators=(",", ":"))
     pad = max(0, size - len(text))
-    filler = ("Context: the deploy changed only the TLS settings and the log format. " * 40)[:pad]
+    line = "Context: the deploy changed only the TLS settings and the log format. "
+    filler = (line * (pad // len(line) + 1))[:pad]
     body["messages"][1]["content"] = USER_TEXT + filler
     return json.dumps(body, separators=(",", ":"))
 
