@@ -15,8 +15,9 @@
 #
 # Steps: build an instrumented gateway (target/pgo-gen), serve the
 # built-in mock's traffic through it on 127.0.0.1 (JSON and SSE answers,
-# without auth and with key auth + quotas + token accounting, the way
-# the load harness runs scenarios 1-3), merge the profile, build with it
+# and JSON with a 32 KiB prompt, without auth and with key auth + quotas +
+# token accounting, the way the load harness runs scenarios 1-3), merge
+# the profile, build with it
 # (target/pgo/release/tollgate). Needs wrk and the llvm-profdata of
 # rustc's own LLVM major version (Debian: `apt-get install llvm-22` for
 # rustc's LLVM 22); the script installs both with apt when missing.
@@ -64,11 +65,14 @@ train() {
   [ -z "$key" ] || auth=(-H "Authorization: Bearer $key")
   $gen serve --config "$cfg" 2>"$dir/serve.log" & local p=$!
   ready $SUT -d "{\"model\":\"$model\",\"messages\":[]}" "${auth[@]}"
-  for stream in 0 1; do
-    WRK_STREAM=$stream WRK_USAGE=$stream WRK_KEY=$key WRK_MODEL=$model \
+  # JSON and SSE with a short prompt, then JSON with a 32 KiB one (the
+  # long-run steps of the body scan and the token cache are hot there).
+  for load in "0 0" "1 0" "0 32768"; do
+    read -r stream pad <<< "$load"
+    WRK_STREAM=$stream WRK_USAGE=$stream WRK_KEY=$key WRK_MODEL=$model WRK_PAD_BYTES=$pad \
       wrk -t1 -c32 -d"${secs}s" --timeout 10s -s benches/load/chat.lua "http://$SUT/v1/chat/completions" \
       | grep -E "Requests/sec|non2xx" | tr '\n' ' '
-    echo "($(basename "$cfg"), stream=$stream)"
+    echo "($(basename "$cfg"), stream=$stream, prompt padding $pad bytes)"
   done
   kill -TERM $p; wait $p || true
 }
