@@ -344,15 +344,19 @@ impl RouteTable {
             }
         };
         for r in &self.routes {
-            for t in &r.targets {
-                let served = r.fixed_served(t);
-                if r.tokenizer.is_none() && served.is_none() {
-                    add(Encoding::O200k);
-                    add(Encoding::Cl100k);
-                } else if let Some(e) =
-                    crate::tokens::resolve(r.tokenizer, served.map_or("", |s| s))
-                {
-                    add(e);
+            for fixed in &r.encodings {
+                match fixed {
+                    // Resolved at build: the served model is fixed.
+                    Some(e) => e.iter().copied().for_each(&mut add),
+                    // A glob passing the client's name on: by the family
+                    // of whatever comes, unless the route names a tokenizer.
+                    None if r.tokenizer.is_none() => {
+                        add(Encoding::O200k);
+                        add(Encoding::Cl100k);
+                    }
+                    None => crate::tokens::resolve(r.tokenizer, "")
+                        .into_iter()
+                        .for_each(&mut add),
                 }
             }
         }

@@ -156,7 +156,9 @@ impl Entry {
     fn is(&self, unit: Unit<'_>) -> bool {
         match &self.known {
             Known::Copy(copy) => unit.is(copy),
-            Known::Keyed(len) => *len == unit.len() && *len > MAX_STORED,
+            // Only a unit over MAX_STORED has this length, and only such a
+            // unit is looked up by its keyed hash.
+            Known::Keyed(len) => *len == unit.len(),
         }
     }
 
@@ -294,19 +296,8 @@ pub(super) fn texts_tokens(enc: Encoding, texts: &[Cow<'_, str>], how: Counting)
     if !how.message_cache || bytes < MIN_BYTES {
         return count();
     }
-    let unit = Unit::Texts(enc, texts);
-    let Some((key, hit)) = with_cache(|c| {
-        let key = c.key(unit);
-        (key, c.get(key, unit))
-    }) else {
-        return count();
-    };
-    if let Some(tokens) = hit {
-        return tokens;
-    }
-    let tokens = count();
-    with_cache(|c| c.insert(key, unit, tokens));
-    tokens
+    // Counting texts cannot fail, so the cache always answers.
+    through_cache(Unit::Texts(enc, texts), || Some(count())).unwrap_or_else(count)
 }
 
 /// Tokens one chat message is charged beyond the fixed per-message
@@ -321,7 +312,12 @@ pub(super) fn message_tokens(
     if !how.message_cache || raw.len() < MIN_BYTES {
         return count();
     }
-    let unit = Unit::Raw(enc, raw);
+    through_cache(Unit::Raw(enc, raw), count)
+}
+
+/// The tokens of `unit`: the cached count, else `count`'s, stored (a
+/// `None` is not). Counts directly when the cache is unavailable.
+fn through_cache(unit: Unit<'_>, count: impl FnOnce() -> Option<u64>) -> Option<u64> {
     let Some((key, hit)) = with_cache(|c| {
         let key = c.key(unit);
         (key, c.get(key, unit))
